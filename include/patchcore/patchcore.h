@@ -1,0 +1,156 @@
+// patchcore: PatchCore visual anomaly detection (Roth et al., CVPR 2022) in C++.
+//
+// Fit on normal images only, then give every new image an anomaly score and a pixel heatmap.
+//
+//   patchcore::Params params;                       // defaults: see the fields below
+//   auto model = patchcore::Model::fit(images, params, callbacks);
+//   model.save("part.patchcore");
+//   auto loaded = patchcore::Model::load("part.patchcore");
+//   patchcore::Prediction p = loaded.predict("new.png");
+//
+// The library never prints: log lines and progress go to the callbacks. User errors (bad file,
+// bad option) throw patchcore::Error with ErrorKind::bad_input or ::usage and a message that
+// names the file and the problem; broken invariants throw ErrorKind::internal.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace patchcore {
+
+/// The values double as the CLI's exit codes.
+enum class ErrorKind { internal = 1, usage = 2, bad_input = 3 };
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message);
+  ErrorKind kind() const { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+enum class LogLevel { debug, info, warning, error };
+
+struct Callbacks {
+  /// A line for the user (a skipped image, a chosen default).
+  std::function<void(LogLevel, const std::string&)> log;
+  /// A long stage ("features", "coreset", "scoring") advanced to done of total.
+  std::function<void(const std::string& stage, int64_t done, int64_t total)> progress;
+};
+
+/// How the backbone's layers become one patch feature vector.
+enum class EmbeddingMode {
+  paper,   ///< 3x3 neighbourhoods, adaptive average pooling to pretrain_dim, then target_dim
+  concat,  ///< anomalib: 3x3 average, bilinear alignment, channel concatenation (no pooling)
+};
+
+enum class Upsample { bilinear, nearest };
+
+struct Params {
+  /// Built-in name ("inception_v3", "mobilenet_v2") or the path of an ONNX file.
+  std::string backbone = "inception_v3";
+  /// Layers to take features from, shallow to deep; empty: the backbone's defaults.
+  std::vector<std::string> layers;
+  /// Input side S: images are resized to S x S. 0: the backbone's default.
+  int image_size = 0;
+  /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
+  int crop = 0;
+
+  EmbeddingMode embedding = EmbeddingMode::paper;
+  int patch_size = 3;       ///< local neighbourhood p
+  int pretrain_dim = 1024;  ///< per-layer pooled dimension (paper mode)
+  int target_dim = 1024;    ///< final patch dimension (paper mode)
+
+  double coreset_ratio = 0.01;  ///< fraction of patches kept in the memory bank; >= 1 keeps all
+  int coreset_dim = 128;        ///< random projection used while selecting the coreset
+  uint64_t seed = 0;
+
+  int k = 1;                 ///< nearest neighbours averaged per test patch
+  bool squared_l2 = false;   ///< patch score as squared L2 (the authors' FAISS code) or L2
+  bool reweight = false;     ///< Eq. 7 re-weighting of the image score
+  int reweight_b = 9;        ///< neighbourhood size b of Eq. 7
+  Upsample upsample = Upsample::bilinear;
+  double blur_sigma = 4.0;   ///< Gaussian blur of the anomaly map, in pixels of the S x S map
+
+  /// Fraction of normal training images held out (from their own bank points) to set the
+  /// threshold and the normalisation when no abnormal images exist.
+  double holdout_fraction = 0.1;
+
+  int threads = 0;     ///< 0: all cores
+  int batch_size = 8;  ///< images per backbone call
+};
+
+/// A float image, row-major.
+struct AnomalyMap {
+  int height = 0;
+  int width = 0;
+  std::vector<float> values;
+};
+
+struct Prediction {
+  std::filesystem::path path;
+  double score = 0;             ///< raw image score (unbounded, model-specific scale)
+  double normalized_score = 0;  ///< in [0, 1]; the threshold maps to 0.5
+  bool anomalous = false;       ///< score >= threshold
+  AnomalyMap map;               ///< raw patch scores upsampled and blurred, S x S
+  int image_height = 0;         ///< of the original image, to map the heatmap back onto it
+  int image_width = 0;
+};
+
+/// What a model stores for turning raw scores into decisions.
+struct Calibration {
+  double image_threshold = 0;
+  double pixel_threshold = 0;
+  double min_score = 0;  ///< normalisation: min_score -> 0, max_score -> 1 (clipped)
+  double max_score = 1;
+  std::string source;    ///< "holdout" or "f1" (set by eval) or "user"
+};
+
+/// Normalised score per Calibration: threshold -> 0.5, clipped to [0, 1].
+double normalize_score(double score, double threshold, const Calibration& c);
+
+class Model {
+ public:
+  /// Fits on normal images. Unreadable images are reported through callbacks.log and skipped;
+  /// throws Error(bad_input) when none is left.
+  static Model fit(const std::vector<std::filesystem::path>& images, const Params& params,
+                   const Callbacks& callbacks = {});
+  /// Throws Error(bad_input) naming the file on a missing, truncated, foreign or newer file.
+  static Model load(const std::filesystem::path& file, const Callbacks& callbacks = {});
+  /// Writes atomically: a temporary file in the same folder, then a rename.
+  void save(const std::filesystem::path& file) const;
+
+  /// Throws Error(bad_input) naming the image when it cannot be read.
+  Prediction predict(const std::filesystem::path& image) const;
+  /// Batched; an unreadable image is reported through callbacks.log and left out of the result.
+  std::vector<Prediction> predict(const std::vector<std::filesystem::path>& images,
+                                  const Callbacks& callbacks = {}) const;
+
+  const Params& params() const;
+  const Calibration& calibration() const;
+  void set_calibration(const Calibration& c);
+  /// Everything `patchcore info` shows, as a JSON text.
+  std::string info_json() const;
+  /// Side of the square the anomaly maps have (the network input size or the crop).
+  int map_size() const;
+  /// Sets the thread count for later predictions (0: all cores).
+  void set_threads(int threads);
+
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace patchcore

@@ -1,0 +1,59 @@
+// The CNN that turns images into feature maps, behind an engine-neutral interface.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "image.h"
+#include "tensor.h"
+
+namespace patchcore {
+
+/// A network truncated after its deepest requested layer, in inference mode.
+class Backbone {
+ public:
+  virtual ~Backbone() = default;
+  /// batch: [N, 3, H, W] already normalised, H x W the size the backbone was built for.
+  /// Returns one [N, C, h, w] tensor per layer, in the order of layers().
+  virtual std::vector<Tensor> forward(const Tensor& batch) = 0;
+  virtual const std::vector<std::string>& layers() const = 0;
+};
+
+/// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
+/// load or lacks a requested output. threads <= 0: all cores.
+std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
+                                               const std::vector<std::string>& layers,
+                                               int threads);
+
+/// What is known about a backbone before running it.
+struct BackboneInfo {
+  std::string name;                         ///< "inception_v3", "mobilenet_v2" or the file path
+  std::vector<std::string> default_layers;  ///< shallow to deep
+  Normalization normalization = Normalization::m11;
+  int default_image_size = 224;
+  bool builtin = false;
+};
+
+/// The built-in backbones, by name. Empty when the name is not built in.
+std::optional<BackboneInfo> builtin_backbone(const std::string& name);
+
+/// Folder holding the built-in Keras backbones (<dir>/<name>/model.json): $PATCHCORE_BACKBONES
+/// if set, else "backbones" beside the running executable, else <prefix>/share/patchcore/backbones.
+std::filesystem::path backbone_dir();
+
+/// A backbone as ONNX bytes for a given input size, plus its identity.
+struct BackboneGraph {
+  std::vector<uint8_t> onnx;
+  std::string identity;  ///< e.g. "keras:inception_v3:sha256:<hex>" or "onnx:sha256:<hex>"
+};
+
+/// Builds the graph of a built-in backbone (converted from Keras for this input size) or reads
+/// an ONNX file. Throws Error(bad_input) naming the file or the name when it cannot.
+BackboneGraph build_backbone_graph(const std::string& name_or_path,
+                                   const std::vector<std::string>& layers, int input_size);
+
+}  // namespace patchcore

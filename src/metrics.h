@@ -1,0 +1,43 @@
+// Evaluation metrics (design.md §7): they must match sklearn / the MVTec AD evaluation code.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace patchcore {
+
+/// Area under the ROC curve; ties count half (Mann-Whitney U). labels: 0 normal, 1 anomalous.
+/// Empty optional when one class is missing.
+std::optional<double> auroc(const std::vector<float>& scores, const std::vector<uint8_t>& labels);
+
+struct Curve {
+  std::vector<double> x, y;     ///< ROC: FPR, TPR; PRO: FPR, PRO; PR: recall, precision
+  std::vector<double> thresholds;
+};
+/// ROC curve with one point per distinct score (sklearn's roc_curve, drop_intermediate=false),
+/// starting at (0, 0).
+Curve roc_curve(const std::vector<float>& scores, const std::vector<uint8_t>& labels);
+
+struct F1 {
+  double f1 = 0, precision = 0, recall = 0;
+  double threshold = 0;  ///< predict anomalous when score >= threshold
+};
+/// The F1-optimal threshold over every distinct score (precision-recall curve).
+std::optional<F1> best_f1(const std::vector<float>& scores, const std::vector<uint8_t>& labels);
+
+/// Per-region overlap curve and its normalised area up to fpr_limit, over images of equal size
+/// (maps and masks [n][h * w], masks 0/1). Regions: 8-connected components of each mask. At each
+/// threshold: FPR over all normal pixels, PRO = mean over regions of the fraction of the region
+/// at or above the threshold. Area integrated (trapezoids) over FPR in [0, limit], linearly
+/// interpolated at the limit, divided by the limit. Empty when there is no region or no normal
+/// pixel.
+struct Pro {
+  double aupro = 0;
+  Curve curve;  ///< x = FPR, y = PRO (up to the limit)
+};
+std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
+                         const std::vector<std::vector<uint8_t>>& masks, int height, int width,
+                         double fpr_limit = 0.3);
+
+}  // namespace patchcore

@@ -1,0 +1,46 @@
+// From nearest-neighbour distances to an image score and an anomaly map.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "knn.h"
+#include "patchcore/patchcore.h"
+
+namespace patchcore {
+
+struct ScoringParams {
+  int k = 1;                ///< patch score = mean of the k nearest distances
+  bool squared_l2 = false;  ///< distances as squared L2 instead of L2
+  bool reweight = false;    ///< Eq. 7
+  int reweight_b = 9;
+};
+
+struct ImageScores {
+  std::vector<float> patch;  ///< [h * w] patch scores on the grid
+  double score = 0;          ///< image score
+};
+
+/// Scores the patches of one image (patches [h * w, D]) against the bank: patch score from the
+/// k nearest bank rows, image score = max patch score, optionally re-weighted by Eq. 7 (design
+/// .md §1 step 9, computed with plain L2 distances and b nearest bank rows of the nearest bank
+/// row of the worst patch, itself included).
+ImageScores score_patches(const NearestNeighbors& nn, const float* patches, int64_t n_patches,
+                          const ScoringParams& p);
+
+struct MapParams {
+  Upsample upsample = Upsample::bilinear;
+  double sigma = 4.0;  ///< Gaussian blur; kernel size 2 * round(4 * sigma) + 1 (33 for 4); 0: none
+  bool reflect101 = false;  ///< border BORDER_REFLECT_101 (anomalib) instead of BORDER_REFLECT
+};
+
+/// Upsamples the h x w grid to size x size (align_corners = false) and blurs it with a
+/// separable Gaussian.
+AnomalyMap anomaly_map(const std::vector<float>& patch, int h, int w, int size,
+                       const MapParams& p);
+
+/// The same with a naive 2-D convolution: the yardstick for anomaly_map() in tests.
+AnomalyMap anomaly_map_reference(const std::vector<float>& patch, int h, int w, int size,
+                                 const MapParams& p);
+
+}  // namespace patchcore

@@ -1,0 +1,33 @@
+// Shared helpers for the test suite.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace patchcore::testing {
+
+/// A fresh folder under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// ../shared/data beside the source tree, or empty when it is not there (tests then skip).
+std::filesystem::path shared_data_dir();
+
+/// build/backbones (set up by scripts/setup), or empty when missing.
+std::filesystem::path built_backbones_dir();
+
+/// Writes bytes to a file (for corrupt-file tests).
+void write_bytes(const std::filesystem::path& file, const std::string& bytes);
+std::string read_bytes(const std::filesystem::path& file);
+
+}  // namespace patchcore::testing

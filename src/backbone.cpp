@@ -1,0 +1,1 @@
+#include "backbone.h"

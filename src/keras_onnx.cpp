@@ -1,0 +1,1 @@
+#include "keras_onnx.h"

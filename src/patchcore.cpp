@@ -1,0 +1,2 @@
+// Public API implementation (in progress).
+#include "patchcore/patchcore.h"

@@ -58,6 +58,9 @@ struct Params {
   std::string backbone = "inception_v3";
   /// Layers to take features from, shallow to deep; empty: the backbone's defaults.
   std::vector<std::string> layers;
+  /// Input normalisation: "imagenet", "m11" or "unit"; empty: the built-in backbone's own.
+  /// Required for an ONNX file.
+  std::string normalization;
   /// Input side S: images are resized to S x S. 0: the backbone's default.
   int image_size = 0;
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.

@@ -1,0 +1,44 @@
+// Shared pieces of the command-line tool: option sets, stderr logging, the verbs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "patchcore/patchcore.h"
+
+namespace patchcore::cli {
+
+/// Options that shape a fit (shared by fit, demo and bench), applied after the preset.
+struct FitOptions {
+  Params params;
+  std::string preset;  ///< "", "paper", "anomalib"
+  std::string layers;  ///< comma-separated
+  std::string embedding;
+  std::string upsample;
+  std::map<std::string, CLI::Option*> given;  ///< option name -> option, to see what was set
+};
+
+/// Registers --backbone, --layers, --coreset-ratio, ... on a sub-command.
+void add_fit_options(CLI::App& cmd, FitOptions& o);
+/// The preset's values, then the options the user gave explicitly.
+Params resolve_fit_options(const FitOptions& o);
+
+/// Log lines and progress to stderr (progress redrawn in place on a terminal).
+Callbacks stderr_callbacks(bool quiet = false);
+
+void add_fit(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_predict(CLI::App& app);
+void add_info(CLI::App& app);
+void add_demo(CLI::App& app);
+
+/// Exit code a verb asks for when it ran but could not do all of it (e.g. skipped images).
+inline int& exit_code() {
+  static int code = 0;
+  return code;
+}
+
+}  // namespace patchcore::cli

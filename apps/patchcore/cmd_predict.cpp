@@ -1,0 +1,104 @@
+#include <iostream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "cli.h"
+#include "dataset.h"
+#include "error.h"
+#include "image.h"
+#include "overlay.h"
+#include "report.h"
+
+namespace fs = std::filesystem;
+
+namespace patchcore::cli {
+
+void add_predict(CLI::App& app) {
+  auto* cmd = app.add_subcommand("predict", "score images: one JSON line per image on stdout");
+  struct State {
+    std::string model, out;
+    std::vector<std::string> paths;
+    std::optional<double> threshold;
+    int threads = 0;
+  };
+  auto s = std::make_shared<State>();
+  cmd->add_option("--model", s->model, "model file")->required();
+  cmd->add_option("paths", s->paths, "images or folders of images")->required();
+  cmd->add_option("--out", s->out, "write heatmap overlays and masks here");
+  cmd->add_option("--threshold", s->threshold, "image score threshold (default: the model's)");
+  cmd->add_option("--threads", s->threads, "0: all cores");
+  cmd->callback([s] {
+    const Callbacks cb = stderr_callbacks(true);
+    Model model = Model::load(s->model, cb);
+    model.set_threads(s->threads);
+    if (s->threshold) {
+      Calibration c = model.calibration();
+      // Keep the pixel threshold's offset from the image threshold so the heatmap follows.
+      c.pixel_threshold += *s->threshold - c.image_threshold;
+      c.image_threshold = *s->threshold;
+      c.source = "user";
+      model.set_calibration(c);
+    }
+    std::vector<fs::path> images;
+    int missing = 0;
+    for (const std::string& p : s->paths) {
+      if (fs::is_directory(p)) {
+        for (const fs::path& f : list_images(p)) images.push_back(f);
+      } else {
+        images.emplace_back(p);
+      }
+    }
+    if (!s->out.empty()) {
+      std::error_code ec;
+      fs::create_directories(s->out, ec);
+      if (!fs::is_directory(s->out)) throw_bad_input(s->out, "cannot create the output folder");
+    }
+    int skipped = 0;
+    Callbacks batch_cb = cb;
+    batch_cb.log = [&](LogLevel level, const std::string& message) {
+      if (level == LogLevel::warning) ++skipped;
+      cb.log(level, message);
+    };
+    const Params& params = model.params();
+    const Preprocess pre{params.image_size, params.crop,
+                         normalization_from_string(params.normalization)};
+    std::set<std::string> used;
+    const size_t bs = static_cast<size_t>(params.batch_size);
+    for (size_t start = 0; start < images.size(); start += bs) {
+      std::vector<fs::path> batch(images.begin() + start,
+                                  images.begin() + std::min(images.size(), start + bs));
+      for (const Prediction& p : model.predict(batch, batch_cb)) {
+        nlohmann::json j{{"path", p.path.string()},
+                         {"score", p.score},
+                         {"normalized_score", p.normalized_score},
+                         {"label", p.anomalous ? "anomalous" : "normal"},
+                         {"threshold", model.calibration().image_threshold}};
+        if (!s->out.empty()) {
+          std::string stem = p.path.stem().string();
+          for (int i = 2; used.count(stem); ++i) stem = p.path.stem().string() + "-" + std::to_string(i);
+          used.insert(stem);
+          cv::Mat rgb = load_rgb(p.path);
+          cv::Mat m = map_to_image(p.map, rgb.size(), pre);
+          const fs::path heat = fs::path(s->out) / (stem + ".png");
+          const fs::path mask = fs::path(s->out) / (stem + "_mask.png");
+          if (!cv::imwrite(heat.string(), heatmap_overlay(rgb, m, model.calibration())) ||
+              !cv::imwrite(mask.string(), predicted_mask(m, model.calibration())))
+            throw_bad_input(heat.string(), "cannot write the heatmap");
+          j["heatmap"] = heat.string();
+          j["mask"] = mask.string();
+        }
+        std::cout << j.dump() << "\n" << std::flush;
+      }
+    }
+    (void)missing;
+    if (skipped > 0) {
+      cb.log(LogLevel::warning, std::to_string(skipped) + " of " + std::to_string(images.size()) +
+                                    " images could not be read (see above)");
+      exit_code() = 3;
+    }
+  });
+}
+
+}  // namespace patchcore::cli

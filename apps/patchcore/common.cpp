@@ -1,0 +1,130 @@
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "cli.h"
+
+namespace patchcore::cli {
+
+void add_fit_options(CLI::App& cmd, FitOptions& o) {
+  Params& p = o.params;
+  auto& g = o.given;
+  g["backbone"] = cmd.add_option("--backbone", p.backbone,
+                                 "inception_v3 (default), mobilenet_v2 (fast) or an ONNX file")
+                      ->capture_default_str();
+  g["layers"] = cmd.add_option("--layers", o.layers,
+                               "feature layers, shallow to deep, comma-separated "
+                               "(default: the backbone's)");
+  g["normalize"] = cmd.add_option("--normalize", p.normalization,
+                                  "input normalisation of an ONNX backbone")
+                       ->check(CLI::IsMember({"imagenet", "m11", "unit"}));
+  g["preset"] = cmd.add_option("--preset", o.preset, "paper or anomalib (options given "
+                                                     "explicitly still win)")
+                    ->check(CLI::IsMember({"paper", "anomalib"}));
+  g["image-size"] = cmd.add_option("--image-size", p.image_size,
+                                   "images are resized to S x S (0: the backbone's default: "
+                                   "299 for inception_v3, 224 for mobilenet_v2)");
+  g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
+                                               "to --image-size (0: no crop)");
+  g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
+                                      "fraction of patches kept in the memory bank")
+                           ->capture_default_str();
+  g["embedding"] = cmd.add_option("--embedding", o.embedding, "paper (default) or concat")
+                       ->check(CLI::IsMember({"paper", "concat"}));
+  g["pretrain-dim"] = cmd.add_option("--pretrain-dim", p.pretrain_dim)->capture_default_str();
+  g["target-dim"] = cmd.add_option("--target-dim", p.target_dim)->capture_default_str();
+  g["patch-size"] = cmd.add_option("--patch-size", p.patch_size, "neighbourhood p")
+                        ->capture_default_str();
+  g["k"] = cmd.add_option("--k", p.k, "nearest neighbours per patch")->capture_default_str();
+  g["squared"] = cmd.add_flag("--squared-l2", p.squared_l2, "patch scores as squared L2");
+  g["reweight"] = cmd.add_flag("--reweight", p.reweight, "Eq. 7 re-weighting of image scores");
+  g["upsample"] = cmd.add_option("--upsample", o.upsample, "bilinear (default) or nearest")
+                      ->check(CLI::IsMember({"bilinear", "nearest"}));
+  g["sigma"] = cmd.add_option("--blur-sigma", p.blur_sigma, "Gaussian blur of the map")
+                   ->capture_default_str();
+  g["holdout"] = cmd.add_option("--holdout", p.holdout_fraction,
+                                "fraction of training images held out to set the threshold")
+                     ->capture_default_str();
+  g["seed"] = cmd.add_option("--seed", p.seed)->capture_default_str();
+  g["batch-size"] = cmd.add_option("--batch-size", p.batch_size)->capture_default_str();
+  g["threads"] = cmd.add_option("--threads", p.threads, "0: all cores")->capture_default_str();
+}
+
+Params resolve_fit_options(const FitOptions& o) {
+  Params p;
+  if (o.preset == "paper") {
+    // The authors' reference code: resize 256, centre crop 224, squared L2 from FAISS.
+    p.image_size = 256;
+    p.crop = 224;
+    p.embedding = EmbeddingMode::paper;
+    p.squared_l2 = true;
+    p.coreset_ratio = 0.1;
+  } else if (o.preset == "anomalib") {
+    p.image_size = 256;
+    p.embedding = EmbeddingMode::concat;
+    p.reweight = true;
+    p.upsample = Upsample::nearest;
+    p.coreset_ratio = 0.1;
+  }
+  const Params& u = o.params;
+  auto given = [&](const char* name) { return o.given.at(name)->count() > 0; };
+  if (given("backbone")) p.backbone = u.backbone;
+  if (given("layers")) {
+    std::stringstream s(o.layers);
+    std::string item;
+    while (std::getline(s, item, ','))
+      if (!item.empty()) p.layers.push_back(item);
+  }
+  if (given("normalize")) p.normalization = u.normalization;
+  if (given("image-size")) p.image_size = u.image_size;
+  if (given("crop")) p.crop = u.crop;
+  if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
+  if (given("embedding"))
+    p.embedding = o.embedding == "concat" ? EmbeddingMode::concat : EmbeddingMode::paper;
+  if (given("pretrain-dim")) p.pretrain_dim = u.pretrain_dim;
+  if (given("target-dim")) p.target_dim = u.target_dim;
+  if (given("patch-size")) p.patch_size = u.patch_size;
+  if (given("k")) p.k = u.k;
+  if (given("squared")) p.squared_l2 = u.squared_l2;
+  if (given("reweight")) p.reweight = u.reweight;
+  if (given("upsample"))
+    p.upsample = o.upsample == "nearest" ? Upsample::nearest : Upsample::bilinear;
+  if (given("sigma")) p.blur_sigma = u.blur_sigma;
+  if (given("holdout")) p.holdout_fraction = u.holdout_fraction;
+  if (given("seed")) p.seed = u.seed;
+  if (given("batch-size")) p.batch_size = u.batch_size;
+  if (given("threads")) p.threads = u.threads;
+  return p;
+}
+
+Callbacks stderr_callbacks(bool quiet) {
+  Callbacks cb;
+  const bool tty = ::isatty(STDERR_FILENO);
+  cb.log = [quiet, tty](LogLevel level, const std::string& message) {
+    if (quiet && level < LogLevel::warning) return;
+    if (level == LogLevel::debug) return;
+    const char* tag = level == LogLevel::warning ? "warning: " :
+                      level == LogLevel::error   ? "error: "   : "";
+    std::cerr << (tty ? "\r\033[K" : "") << "patchcore: " << tag << message << "\n";
+  };
+  if (!quiet) {
+    // On a terminal the line is redrawn; in a log file, one line per tenth of the work.
+    auto last = std::make_shared<std::pair<std::string, int64_t>>("", -1);
+    cb.progress = [tty, last](const std::string& stage, int64_t done, int64_t total) {
+      if (total <= 0) return;
+      const int64_t tenth = done * 10 / total;
+      if (tty) {
+        std::cerr << "\r\033[K" << stage << " " << done << "/" << total << (done == total ? "\n" : "")
+                  << std::flush;
+      } else if (stage != last->first || tenth != last->second) {
+        std::cerr << stage << " " << done << "/" << total << "\n";
+      }
+      *last = {stage, tenth};
+    };
+  }
+  return cb;
+}
+
+}  // namespace patchcore::cli

@@ -1,0 +1,264 @@
+// End-to-end: the patchcore binary on generated data, as a user or a script drives it.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "synthetic.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using patchcore::testing::read_bytes;
+using patchcore::testing::TempDir;
+using patchcore::testing::write_bytes;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Run run(const TempDir& tmp, const std::vector<std::string>& args) {
+  std::string cmd = quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore");
+  for (const auto& a : args) cmd += " " + quote(a);
+  const fs::path out = tmp / "stdout.txt", err = tmp / "stderr.txt";
+  cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
+  const int status = std::system(cmd.c_str());
+  Run r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_bytes(out);
+  r.err = read_bytes(err);
+  return r;
+}
+
+// One small data set and one fitted model for the whole suite: fitting is the slow part.
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (patchcore::testing::built_backbones_dir().empty()) return;
+    tmp_ = new TempDir();
+    patchcore::SyntheticParams p;
+    p.size = 96;
+    p.n_train = 12;
+    p.n_test_good = 6;
+    p.n_per_defect = 4;
+    patchcore::write_synthetic_dataset(data(), p);
+    fit_ = new Run(run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(),
+                               "--backbone", "mobilenet_v2", "--image-size", "128",
+                               "--coreset-ratio", "0.1"}));
+  }
+  static void TearDownTestSuite() {
+    delete fit_;
+    delete tmp_;
+    fit_ = nullptr;
+    tmp_ = nullptr;
+  }
+  void SetUp() override {
+    if (!tmp_) GTEST_SKIP() << "build/backbones missing: run scripts/setup";
+    ASSERT_EQ(fit_->code, 0) << fit_->err;
+  }
+  static fs::path data() { return tmp_->path() / "data"; }
+  static fs::path model() { return tmp_->path() / "model.patchcore"; }
+  static TempDir* tmp_;
+  static Run* fit_;
+  TempDir local_;
+};
+TempDir* Cli::tmp_ = nullptr;
+Run* Cli::fit_ = nullptr;
+
+TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
+  Run r = run(local_, {"info", model().string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["format"], "patchcore");
+  EXPECT_EQ(j["backbone"]["layers"][0], "block_5_expand_relu");
+  EXPECT_EQ(j["params"]["image_size"], 128);
+  EXPECT_GT(j["memory_bank"]["rows"].get<int>(), 0);
+  EXPECT_EQ(j["calibration"]["source"], "holdout");
+  EXPECT_GT(j["calibration"]["image_threshold"].get<double>(), 0);
+  // No temporary file is left beside the model.
+  for (const auto& e : fs::directory_iterator(tmp_->path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
+  const fs::path out = local_ / "eval";
+  Run r = run(local_, {"eval", "--model", model().string(), "--data", data().string(), "--out",
+                       out.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto m = nlohmann::json::parse(read_bytes(out / "metrics.json"));
+  EXPECT_EQ(m["n_images"], 6 + 3 * 4);
+  // Painted defects on a regular texture are easy: a working pipeline ranks them high.
+  EXPECT_GT(m["image_auroc"].get<double>(), 0.9);
+  EXPECT_GT(m["pixel_auroc"].get<double>(), 0.9);
+  EXPECT_GT(m["aupro"].get<double>(), 0.5);
+  for (const char* k : {"image_f1", "image_threshold", "per_kind"}) EXPECT_TRUE(m.contains(k));
+  EXPECT_TRUE(m["per_kind"].contains("scratch"));
+  const std::string csv = read_bytes(out / "predictions.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 6 + 3 * 4);
+  EXPECT_TRUE(fs::exists(out / "report.html"));
+  cv::Mat overlay = cv::imread((out / "images" / "spot" / "000.png").string());
+  EXPECT_EQ(overlay.rows, 96);
+  EXPECT_NE(r.out.find("image AUROC"), std::string::npos);
+}
+
+TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
+  const fs::path out = local_ / "pred";
+  Run r = run(local_, {"predict", "--model", model().string(), "--out", out.string(),
+                       (data() / "test" / "good" / "000.png").string(),
+                       (data() / "test" / "spot").string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  int n = 0;
+  while (std::getline(lines, line)) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_TRUE(j.contains("score") && j.contains("normalized_score") && j.contains("label"));
+    EXPECT_GE(j["normalized_score"].get<double>(), 0.0);
+    EXPECT_LE(j["normalized_score"].get<double>(), 1.0);
+    EXPECT_TRUE(fs::exists(j["heatmap"].get<std::string>()));
+    ++n;
+  }
+  EXPECT_EQ(n, 1 + 4);
+}
+
+TEST_F(Cli, PredictThresholdOverridesTheModel) {
+  const std::string img = (data() / "test" / "good" / "000.png").string();
+  Run low = run(local_, {"predict", "--model", model().string(), "--threshold", "0", img});
+  Run high = run(local_, {"predict", "--model", model().string(), "--threshold", "1e9", img});
+  ASSERT_EQ(low.code, 0) << low.err;
+  ASSERT_EQ(high.code, 0) << high.err;
+  EXPECT_EQ(nlohmann::json::parse(low.out)["label"], "anomalous");
+  EXPECT_EQ(nlohmann::json::parse(high.out)["label"], "normal");
+}
+
+TEST_F(Cli, UnreadableImageIsReportedSkippedAndFlagged) {
+  const fs::path bad = local_ / "broken.png";
+  write_bytes(bad, "this is not a png");
+  const std::string good = (data() / "test" / "good" / "000.png").string();
+  Run r = run(local_, {"predict", "--model", model().string(), bad.string(), good});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("broken.png"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("000.png"), std::string::npos) << "the good image is still scored";
+}
+
+TEST_F(Cli, FitSkipsACorruptTrainingImage) {
+  const fs::path folder = local_ / "train";
+  fs::create_directories(folder);
+  for (int i = 0; i < 4; ++i)
+    fs::copy_file(data() / "train" / "good" / ("00" + std::to_string(i) + ".png"),
+                  folder / (std::to_string(i) + ".png"));
+  std::string png = read_bytes(folder / "0.png");
+  write_bytes(folder / "0.png", png.substr(0, png.size() / 2));  // truncated
+  Run r = run(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
+                       "--backbone", "mobilenet_v2", "--image-size", "64"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("0.png"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(local_ / "m"));
+}
+
+TEST_F(Cli, BadInputGivesExitCode3AndNamesTheFile) {
+  const fs::path missing = local_ / "nowhere";
+  Run r = run(local_, {"fit", "--data", missing.string(), "--out", (local_ / "m").string()});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("nowhere"), std::string::npos) << r.err;
+
+  fs::create_directories(local_ / "empty");
+  r = run(local_, {"fit", "--data", (local_ / "empty").string(), "--out", (local_ / "m").string()});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(local_ / "m"));
+
+  r = run(local_, {"fit", "--data", data().string(), "--out", (local_ / "no" / "dir" / "m").string()});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, UsageErrorsGiveExitCode2) {
+  EXPECT_EQ(run(local_, {"fit", "--data", data().string()}).code, 2);  // no --out
+  EXPECT_EQ(run(local_, {"frobnicate"}).code, 2);
+  EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
+                         "--coreset-ratio", "0"}).code, 2);
+  EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
+                         "--backbone", "resnet_9000"}).code, 3);
+}
+
+TEST_F(Cli, DamagedModelFilesAreRejectedWithExitCode3) {
+  const std::string bytes = read_bytes(model());
+  const fs::path img = data() / "test" / "good" / "000.png";
+  struct Case {
+    std::string name, bytes, expect;
+  };
+  std::string newer = bytes;
+  const size_t v = newer.find("\"format_version\":\"1\"");
+  ASSERT_NE(v, std::string::npos);
+  newer.replace(v, 20, "\"format_version\":\"9\"");
+  std::string foreign = bytes;
+  const size_t f = foreign.find("\"patchcore\"");
+  ASSERT_NE(f, std::string::npos);
+  foreign.replace(f, 11, "\"otherthing\"");
+  std::vector<Case> cases{
+      {"truncated", bytes.substr(0, bytes.size() - 100), "truncated"},
+      {"empty", "", ""},
+      {"newer", newer, "version"},
+      {"foreign", foreign, "patchcore"},
+      {"text", "hello world, not a model", ""},
+  };
+  for (const Case& c : cases) {
+    const fs::path file = local_ / (c.name + ".patchcore");
+    write_bytes(file, c.bytes);
+    Run r = run(local_, {"predict", "--model", file.string(), img.string()});
+    EXPECT_EQ(r.code, 3) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(file.filename().string()), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_EQ(run(local_, {"info", file.string()}).code, 3) << c.name;
+  }
+}
+
+TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
+  // The stored graph no longer being the one the bank was built with must not pass silently.
+  std::string bytes = read_bytes(model());
+  uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  auto h = nlohmann::json::parse(bytes.substr(8, header));
+  auto off = h["backbone_onnx"]["data_offsets"];
+  const size_t middle = 8 + header + (off[0].get<size_t>() + off[1].get<size_t>()) / 2;
+  bytes[middle] = static_cast<char>(bytes[middle] ^ 0x5a);
+  const fs::path file = local_ / "swapped.patchcore";
+  write_bytes(file, bytes);
+  Run r = run(local_, {"predict", "--model", file.string(),
+                       (data() / "test" / "good" / "000.png").string()});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find("backbone"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("swapped.patchcore"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, EvalSaveThresholdRewritesTheModelAtomically) {
+  const fs::path copy = local_ / "copy.patchcore";
+  fs::copy_file(model(), copy);
+  Run r = run(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
+                       (local_ / "e").string(), "--no-images", "--save-threshold"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Run info = run(local_, {"info", copy.string()});
+  ASSERT_EQ(info.code, 0);
+  auto j = nlohmann::json::parse(info.out);
+  EXPECT_EQ(j["calibration"]["source"], "f1");
+  auto m = nlohmann::json::parse(read_bytes(local_ / "e" / "metrics.json"));
+  EXPECT_DOUBLE_EQ(j["calibration"]["image_threshold"].get<double>(),
+                   m["image_threshold"].get<double>());
+}
+
+}  // namespace

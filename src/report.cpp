@@ -92,7 +92,12 @@ std::string svg_curve(const std::vector<double>& x, const std::vector<double>& y
   s << "<line x1='" << l << "' y1='" << h - b << "' x2='" << w - r << "' y2='" << t
     << "' stroke='#ccc' stroke-dasharray='4'/>";
   s << "<polyline fill='none' stroke='#c0392b' stroke-width='2' points='";
-  for (size_t i = 0; i < x.size(); ++i) {
+  // Pixel curves have millions of points; a few hundred draw the same line.
+  const size_t step = std::max<size_t>(1, x.size() / 600);
+  std::vector<size_t> points;
+  for (size_t i = 0; i < x.size(); i += step) points.push_back(i);
+  if (!x.empty() && points.back() != x.size() - 1) points.push_back(x.size() - 1);
+  for (size_t i : points) {
     const double px = l + (w - l - r) * std::clamp(x[i] / x_max, 0.0, 1.0);
     const double py = h - b - (h - t - b) * std::clamp(y[i], 0.0, 1.0);
     s << fmt(px, 1) << "," << fmt(py, 1) << " ";

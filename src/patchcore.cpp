@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <mutex>
 #include <numeric>
@@ -129,6 +130,26 @@ void log(const Callbacks& cb, LogLevel level, const std::string& message) {
   if (cb.log) cb.log(level, message);
 }
 
+// Reports the wall time of a scope to callbacks.timing, when set.
+class StageTimer {
+ public:
+  StageTimer(const Callbacks& cb, const char* stage, int64_t items)
+      : cb_(cb), stage_(stage), items_(items), start_(std::chrono::steady_clock::now()) {}
+  ~StageTimer() {
+    if (cb_.timing)
+      cb_.timing(stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+                             .count(), items_);
+  }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+
+ private:
+  const Callbacks& cb_;
+  const char* stage_;
+  int64_t items_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 }  // namespace
 
 struct Model::Impl {
@@ -181,6 +202,7 @@ struct Model::Impl {
     std::vector<std::string> errors(paths.size());
     ok.clear();
     sizes.clear();
+    auto decode = std::make_unique<StageTimer>(cb, "decode", static_cast<int64_t>(paths.size()));
     for (size_t i = 0; i < paths.size(); ++i) {
       try {
         images[i] = load_rgb(paths[i]);
@@ -201,12 +223,20 @@ struct Model::Impl {
     Tensor batch({static_cast<int64_t>(ok.size()), 3, s, s});
 #pragma omp parallel for schedule(dynamic)
     for (size_t j = 0; j < ok.size(); ++j) preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
+    decode.reset();
+    const auto n_ok = static_cast<int64_t>(ok.size());
     std::vector<Tensor> features;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      features = net().forward(batch);
+      Backbone& b = net();  // built outside the timer: a one-off cost
+      StageTimer t(cb, "backbone", n_ok);
+      features = b.forward(batch);
     }
-    Embedding e = embed(features, embedding_params());
+    Embedding e;
+    {
+      StageTimer t(cb, "embedding", n_ok);
+      e = embed(features, embedding_params());
+    }
     if (bank.numel() > 0 && e.patches.dim(1) != bank.dim(1))
       throw_bad_input(source_file.empty() ? params.backbone : source_file,
                       "the backbone gives " + std::to_string(e.patches.dim(1)) +
@@ -217,11 +247,17 @@ struct Model::Impl {
   }
 
   // One image's patches against a bank: score and map.
-  Prediction score(const NearestNeighbors& index, const float* rows) const {
+  Prediction score(const NearestNeighbors& index, const float* rows,
+                   const Callbacks& cb = {}) const {
     const int64_t n = static_cast<int64_t>(grid_h) * grid_w;
-    ImageScores s = score_patches(index, rows, n, scoring_params());
+    ImageScores s;
+    {
+      StageTimer t(cb, "knn", 1);
+      s = score_patches(index, rows, n, scoring_params());
+    }
     Prediction p;
     p.score = s.score;
+    StageTimer t(cb, "map", 1);
     p.map = anomaly_map(s.patch, grid_h, grid_w, input_size(), map_params());
     return p;
   }
@@ -342,9 +378,13 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
 
   // Memory bank: greedy coreset over every training patch.
   CoresetParams cp{params.coreset_ratio, params.coreset_dim, params.seed, 10, params.threads};
-  std::vector<int64_t> picks = greedy_coreset(features, cp, [&](int64_t done, int64_t total) {
-    if (cb.progress) cb.progress("coreset", done, total);
-  });
+  std::vector<int64_t> picks;
+  {
+    StageTimer t(cb, "coreset", features.dim(0));
+    picks = greedy_coreset(features, cp, [&](int64_t done, int64_t total) {
+      if (cb.progress) cb.progress("coreset", done, total);
+    });
+  }
   m.bank = Tensor({static_cast<int64_t>(picks.size()), dim});
   for (size_t i = 0; i < picks.size(); ++i)
     std::copy_n(features.row(picks[i]), dim, m.bank.row(static_cast<int64_t>(i)));
@@ -412,7 +452,7 @@ std::vector<Prediction> Model::predict(const std::vector<fs::path>& images,
     Embedding e = m.embed_batch(batch, ok, sizes, cb);
     const int64_t rows = static_cast<int64_t>(e.grid_h) * e.grid_w;
     for (size_t j = 0; j < ok.size(); ++j) {
-      Prediction p = m.score(*m.nn, e.patches.row(static_cast<int64_t>(j) * rows));
+      Prediction p = m.score(*m.nn, e.patches.row(static_cast<int64_t>(j) * rows), cb);
       p.path = batch[ok[j]];
       p.image_height = sizes[j].height;
       p.image_width = sizes[j].width;

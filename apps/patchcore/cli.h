@@ -34,6 +34,7 @@ void add_eval(CLI::App& app);
 void add_predict(CLI::App& app);
 void add_info(CLI::App& app);
 void add_demo(CLI::App& app);
+void add_bench(CLI::App& app);
 
 /// Exit code a verb asks for when it ran but could not do all of it (e.g. skipped images).
 inline int& exit_code() {

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   patchcore::cli::add_predict(app);
   patchcore::cli::add_info(app);
   patchcore::cli::add_demo(app);
+  patchcore::cli::add_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -43,6 +43,9 @@ struct Callbacks {
   std::function<void(LogLevel, const std::string&)> log;
   /// A long stage ("features", "coreset", "scoring") advanced to done of total.
   std::function<void(const std::string& stage, int64_t done, int64_t total)> progress;
+  /// Wall time spent in a pipeline stage ("decode", "backbone", "embedding", "coreset", "knn",
+  /// "map") on `items` images (or rows for the coreset), for benchmarks.
+  std::function<void(const std::string& stage, double seconds, int64_t items)> timing;
 };
 
 /// How the backbone's layers become one patch feature vector.

@@ -1,0 +1,128 @@
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+#include "dataset.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace patchcore::cli {
+namespace {
+
+double peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+struct Stages {
+  std::map<std::string, std::pair<double, int64_t>> totals;  // seconds, items
+  void add(const std::string& stage, double seconds, int64_t items) {
+    auto& t = totals[stage];
+    t.first += seconds;
+    t.second += items;
+  }
+  json to_json() const {
+    json j = json::object();
+    for (const auto& [stage, t] : totals) {
+      json s{{"seconds", t.first}, {"items", t.second}};
+      if (stage != "coreset" && t.second > 0) {
+        s["ms_per_image"] = 1000.0 * t.first / static_cast<double>(t.second);
+        s["images_per_s"] = t.first > 0 ? static_cast<double>(t.second) / t.first : 0.0;
+      }
+      j[stage] = s;
+    }
+    return j;
+  }
+};
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto* cmd = app.add_subcommand("bench", "time every stage of fit and predict (JSON on stdout)");
+  struct State {
+    std::string data;
+    int max_predict = 0;
+    FitOptions options;
+  };
+  auto s = std::make_shared<State>();
+  cmd->add_option("--data", s->data, "MVTec category folder or a folder of normal images")
+      ->required();
+  cmd->add_option("--max-predict", s->max_predict,
+                  "predict at most this many test images (0: all)");
+  add_fit_options(*cmd, s->options);
+  cmd->callback([s] {
+    const Params params = resolve_fit_options(s->options);
+    const Dataset data = scan_dataset(s->data);
+    std::vector<fs::path> train, test;
+    for (const Sample& x : data.train) train.push_back(x.image);
+    for (const Sample& x : data.test) test.push_back(x.image);
+    if (test.empty()) test = train;
+    if (s->max_predict > 0 && test.size() > static_cast<size_t>(s->max_predict))
+      test.resize(static_cast<size_t>(s->max_predict));
+
+    Callbacks cb = stderr_callbacks(true);
+    Stages fit_stages, predict_stages;
+    cb.timing = [&](const std::string& st, double sec, int64_t n) { fit_stages.add(st, sec, n); };
+    const auto t0 = std::chrono::steady_clock::now();
+    Model model = Model::fit(train, params, cb);
+    const double fit_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double fit_rss = peak_rss_mb();
+
+    cb.timing = [&](const std::string& st, double sec, int64_t n) {
+      predict_stages.add(st, sec, n);
+    };
+    const auto t1 = std::chrono::steady_clock::now();
+    std::vector<Prediction> preds = model.predict(test, cb);
+    const double pred_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+
+    const json info = json::parse(model.info_json());
+    const int64_t bank_rows = info["memory_bank"]["rows"].get<int64_t>();
+    const int64_t dim = info["memory_bank"]["dim"].get<int64_t>();
+    const int64_t grid = info["grid"][0].get<int64_t>() * info["grid"][1].get<int64_t>();
+    json out;
+    out["machine"] = {{"cpu", cpu_model()}, {"cores", sysconf(_SC_NPROCESSORS_ONLN)}};
+    out["settings"] = info["params"];
+    out["backbone"] = info["backbone"];
+    out["memory_bank"] = info["memory_bank"];
+    out["fit"] = {{"images", train.size()},
+                  {"seconds", fit_s},
+                  {"stages", fit_stages.to_json()},
+                  {"bank_before_coreset_mb",
+                   static_cast<double>(grid) * dim * 4.0 * static_cast<double>(train.size()) /
+                       (1024.0 * 1024.0)},
+                  {"peak_rss_mb", fit_rss}};
+    json pj{{"images", preds.size()},
+            {"seconds", pred_s},
+            {"ms_per_image", preds.empty() ? 0.0 : 1000.0 * pred_s / preds.size()},
+            {"stages", predict_stages.to_json()}};
+    auto knn = predict_stages.totals.find("knn");
+    if (knn != predict_stages.totals.end() && knn->second.first > 0) {
+      // Exact search: every query row against every bank row, 2 flops per multiply-add.
+      const double flops = 2.0 * grid * bank_rows * dim * static_cast<double>(knn->second.second);
+      pj["knn_gflops"] = flops / knn->second.first / 1e9;
+    }
+    out["predict"] = pj;
+    out["peak_rss_mb"] = peak_rss_mb();
+    std::cout << out.dump(2) << "\n";
+  });
+}
+
+}  // namespace patchcore::cli

@@ -1,0 +1,133 @@
+// The public Model API on generated data: fit, predict, save, load.
+#include "patchcore/patchcore.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "dataset.h"
+#include "synthetic.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using patchcore::testing::TempDir;
+
+namespace {
+
+class ModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (patchcore::testing::built_backbones_dir().empty())
+      GTEST_SKIP() << "build/backbones missing: run scripts/setup";
+    patchcore::SyntheticParams sp;
+    sp.size = 96;
+    sp.n_train = 10;
+    sp.n_test_good = 4;
+    sp.n_per_defect = 3;
+    patchcore::write_synthetic_dataset(tmp_.path(), sp);
+    data_ = patchcore::scan_dataset(tmp_.path());
+    for (const auto& s : data_.train) train_.push_back(s.image);
+    params_.backbone = "mobilenet_v2";
+    params_.image_size = 96;
+    params_.coreset_ratio = 0.1;
+    params_.threads = 2;
+  }
+  TempDir tmp_;
+  patchcore::Dataset data_;
+  std::vector<fs::path> train_;
+  patchcore::Params params_;
+};
+
+TEST_F(ModelTest, DefectsScoreAboveNormalImagesAndMapsPointAtThem) {
+  std::vector<std::string> stages;
+  patchcore::Callbacks cb;
+  cb.progress = [&](const std::string& stage, int64_t done, int64_t total) {
+    EXPECT_LE(done, total);
+    if (stages.empty() || stages.back() != stage) stages.push_back(stage);
+  };
+  patchcore::Model model = patchcore::Model::fit(train_, params_, cb);
+  EXPECT_NE(std::find(stages.begin(), stages.end(), "features"), stages.end());
+  EXPECT_NE(std::find(stages.begin(), stages.end(), "coreset"), stages.end());
+  EXPECT_EQ(model.map_size(), 96);
+
+  double max_good = 0, min_defect = 1e30;
+  for (const auto& s : data_.test) {
+    patchcore::Prediction p = model.predict(s.image);
+    ASSERT_EQ(p.map.height, 96);
+    ASSERT_EQ(p.map.values.size(), 96u * 96u);
+    EXPECT_EQ(p.image_height, 96);
+    EXPECT_GE(p.normalized_score, 0.0);
+    EXPECT_LE(p.normalized_score, 1.0);
+    // The image score is the maximum patch score; the blurred map never exceeds it.
+    const float map_max = *std::max_element(p.map.values.begin(), p.map.values.end());
+    EXPECT_LE(map_max, p.score * 1.0001 + 1e-6);
+    if (s.label == 0) max_good = std::max(max_good, p.score);
+    else min_defect = std::min(min_defect, p.score);
+  }
+  EXPECT_LT(max_good, min_defect) << "painted defects must outscore every normal image";
+}
+
+TEST_F(ModelTest, HeldOutImagesSetAThresholdAboveNormalScores) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const patchcore::Calibration& c = model.calibration();
+  EXPECT_EQ(c.source, "holdout");
+  EXPECT_GT(c.image_threshold, 0);
+  EXPECT_LT(c.min_score, c.image_threshold);
+  int flagged = 0;
+  for (const auto& s : data_.test)
+    if (s.label == 0 && model.predict(s.image).anomalous) ++flagged;
+  EXPECT_LE(flagged, 1) << "the held-out threshold should let normal images pass";
+}
+
+TEST_F(ModelTest, SaveLoadRoundTripGivesIdenticalPredictions) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const fs::path file = tmp_ / "m.patchcore";
+  model.save(file);
+  patchcore::Model loaded = patchcore::Model::load(file);
+  EXPECT_EQ(loaded.info_json(), model.info_json());
+  const fs::path img = data_.test.back().image;
+  patchcore::Prediction a = model.predict(img), b = loaded.predict(img);
+  EXPECT_DOUBLE_EQ(a.score, b.score);
+  EXPECT_EQ(a.map.values, b.map.values);
+}
+
+TEST_F(ModelTest, FitIsReproducibleForASeed) {
+  patchcore::Model a = patchcore::Model::fit(train_, params_);
+  patchcore::Model b = patchcore::Model::fit(train_, params_);
+  const fs::path img = data_.test.front().image;
+  EXPECT_DOUBLE_EQ(a.predict(img).score, b.predict(img).score);
+  EXPECT_DOUBLE_EQ(a.calibration().image_threshold, b.calibration().image_threshold);
+}
+
+TEST_F(ModelTest, BatchPredictionSkipsUnreadableImagesAndReportsThem) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const fs::path bad = tmp_ / "bad.jpg";
+  patchcore::testing::write_bytes(bad, "\xff\xd8\xff\xe0 truncated");
+  std::vector<std::string> logs;
+  patchcore::Callbacks cb;
+  cb.log = [&](patchcore::LogLevel, const std::string& m) { logs.push_back(m); };
+  auto preds = model.predict({data_.test[0].image, bad, data_.test[1].image}, cb);
+  ASSERT_EQ(preds.size(), 2u);
+  EXPECT_EQ(preds[0].path, data_.test[0].image);
+  EXPECT_EQ(preds[1].path, data_.test[1].image);
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_NE(logs[0].find("bad.jpg"), std::string::npos);
+  EXPECT_THROW(model.predict(bad), patchcore::Error);
+}
+
+TEST_F(ModelTest, InvalidParametersAreUsageErrors) {
+  patchcore::Params p = params_;
+  p.coreset_ratio = 0;
+  try {
+    patchcore::Model::fit(train_, p);
+    FAIL();
+  } catch (const patchcore::Error& e) {
+    EXPECT_EQ(e.kind(), patchcore::ErrorKind::usage);
+  }
+  p = params_;
+  p.backbone = "no_such_backbone";
+  EXPECT_THROW(patchcore::Model::fit(train_, p), patchcore::Error);
+  EXPECT_THROW(patchcore::Model::fit({}, params_), patchcore::Error);
+}
+
+}  // namespace

@@ -1,1 +1,367 @@
 #include "embedding.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "error.h"
+
+namespace patchcore {
+namespace {
+
+// Bin i of an adaptive average pooling of L inputs into O outputs, as torch computes it. When
+// L < O bins repeat inputs (up-sampling), when L / O is not an integer neighbouring bins overlap.
+std::pair<int64_t, int64_t> pool_bin(int64_t i, int64_t L, int64_t O) {
+  return {(i * L) / O, ((i + 1) * L + O - 1) / O};
+}
+
+void check_params(const EmbeddingParams& p) {
+  if (p.patch_size < 1 || p.patch_size % 2 == 0)
+    throw_usage("embedding: patch size must be odd and >= 1, got " + std::to_string(p.patch_size));
+  if (p.mode == EmbeddingMode::paper && (p.pretrain_dim < 1 || p.target_dim < 1))
+    throw_usage("embedding: pretrain_dim and target_dim must be >= 1, got " +
+                std::to_string(p.pretrain_dim) + " and " + std::to_string(p.target_dim));
+}
+
+struct Shape {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+
+std::vector<Shape> check_features(const std::vector<Tensor>& features) {
+  PATCHCORE_ASSERT(!features.empty());
+  std::vector<Shape> shapes;
+  for (const Tensor& f : features) {
+    PATCHCORE_ASSERT(f.shape.size() == 4);
+    PATCHCORE_ASSERT(f.numel() == Tensor::count(f.shape));
+    Shape s{f.dim(0), f.dim(1), f.dim(2), f.dim(3)};
+    PATCHCORE_ASSERT(s.c >= 1 && s.h >= 1 && s.w >= 1);
+    PATCHCORE_ASSERT(s.n == features[0].dim(0));
+    shapes.push_back(s);
+  }
+  return shapes;
+}
+
+// Bilinear resampling of one axis with align_corners = false and no antialiasing, the rule of
+// torch's F.interpolate: src = (dst + 0.5) * in / out - 0.5, clamped below at 0.
+struct Lerp {
+  int i0 = 0, i1 = 0;
+  float w0 = 1, w1 = 0;
+};
+
+std::vector<Lerp> lerp_table(int64_t in, int64_t out) {
+  std::vector<Lerp> t(out);
+  const double scale = static_cast<double>(in) / static_cast<double>(out);
+  for (int64_t d = 0; d < out; ++d) {
+    const double src = std::max(0.0, (static_cast<double>(d) + 0.5) * scale - 0.5);
+    const int i0 = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(src), in - 1));
+    const double l1 = std::min(src - i0, 1.0);
+    t[d] = {i0, i0 < in - 1 ? i0 + 1 : i0, static_cast<float>(1.0 - l1), static_cast<float>(l1)};
+  }
+  return t;
+}
+
+// Output channel t of a layer's contribution = sum of weight * input channel c shifted by
+// (dy, dx) with zeros outside the layer's grid, then resized to the first layer's grid.
+struct Tap {
+  int32_t c;
+  int32_t dy;
+  int32_t dx;
+  float w;
+};
+
+struct LayerPlan {
+  Shape shape;
+  bool same_grid = true;
+  std::vector<int64_t> start;  // taps of output t: taps[start[t], start[t + 1])
+  std::vector<Tap> taps;
+  std::vector<Lerp> ly, lx;
+};
+
+// Paper mode: the per-layer pooling and the pooling of the concatenation are both sparse linear
+// maps of the flattened neighbourhoods; compose them into one map per layer.
+void plan_paper(std::vector<LayerPlan>& plans, const EmbeddingParams& p) {
+  const int64_t pp = int64_t{p.patch_size} * p.patch_size;
+  const int64_t pad = p.patch_size / 2;
+  const int64_t pd = p.pretrain_dim, td = p.target_dim;
+  const int64_t concat_len = pd * static_cast<int64_t>(plans.size());
+  std::vector<std::vector<std::pair<int64_t, double>>> acc(plans.size());
+  for (auto& plan : plans) plan.start.assign(td + 1, 0);
+  for (int64_t t = 0; t < td; ++t) {
+    for (auto& a : acc) a.clear();
+    auto [s, e] = pool_bin(t, concat_len, td);
+    const double wf = 1.0 / static_cast<double>(e - s);
+    for (int64_t g = s; g < e; ++g) {
+      const size_t l = static_cast<size_t>(g / pd);
+      const int64_t L = plans[l].shape.c * pp;
+      auto [s2, e2] = pool_bin(g % pd, L, pd);
+      const double w = wf / static_cast<double>(e2 - s2);
+      for (int64_t j = s2; j < e2; ++j) acc[l].push_back({j, w});
+    }
+    for (size_t l = 0; l < plans.size(); ++l) {
+      auto& a = acc[l];
+      std::sort(a.begin(), a.end());
+      for (size_t i = 0; i < a.size();) {
+        const int64_t j = a[i].first;
+        double w = 0;
+        for (; i < a.size() && a[i].first == j; ++i) w += a[i].second;
+        const int64_t k = j % pp;
+        plans[l].taps.push_back(
+            {static_cast<int32_t>(j / pp), static_cast<int32_t>(k / p.patch_size - pad),
+             static_cast<int32_t>(k % p.patch_size - pad), static_cast<float>(w)});
+      }
+      plans[l].start[t + 1] = static_cast<int64_t>(plans[l].taps.size());
+    }
+  }
+}
+
+// Concat mode: output channel = one input channel averaged over its p x p neighbourhood, zero
+// padding counted (torch avg_pool2d's count_include_pad = true).
+void plan_concat(std::vector<LayerPlan>& plans, const EmbeddingParams& p, int64_t dim) {
+  const int64_t pad = p.patch_size / 2;
+  const float w = 1.0f / static_cast<float>(p.patch_size * p.patch_size);
+  int64_t offset = 0;
+  for (auto& plan : plans) {
+    plan.start.assign(dim + 1, 0);
+    for (int64_t t = 0; t < dim; ++t) {
+      const int64_t c = t - offset;
+      if (c >= 0 && c < plan.shape.c) {
+        for (int32_t dy = -static_cast<int32_t>(pad); dy <= pad; ++dy)
+          for (int32_t dx = -static_cast<int32_t>(pad); dx <= pad; ++dx)
+            plan.taps.push_back({static_cast<int32_t>(c), dy, dx, w});
+      }
+      plan.start[t + 1] = static_cast<int64_t>(plan.taps.size());
+    }
+    offset += plan.shape.c;
+  }
+}
+
+// q[h, w] += sum over taps of w * shift(src channel c, dy, dx).
+void apply_taps(const Tap* begin, const Tap* end, const float* image, const Shape& s, float* q) {
+  const int64_t h = s.h, w = s.w;
+  for (const Tap* tap = begin; tap != end; ++tap) {
+    const float* src = image + tap->c * h * w;
+    const int64_t y0 = std::max<int64_t>(0, -tap->dy), y1 = std::min<int64_t>(h, h - tap->dy);
+    const int64_t x0 = std::max<int64_t>(0, -tap->dx), x1 = std::min<int64_t>(w, w - tap->dx);
+    const float wt = tap->w;
+    for (int64_t y = y0; y < y1; ++y) {
+      float* qr = q + y * w;
+      const float* sr = src + (y + tap->dy) * w + tap->dx;
+      for (int64_t x = x0; x < x1; ++x) qr[x] += wt * sr[x];
+    }
+  }
+}
+
+// out[H, W] += bilinear resize of q[h, w]; tmp holds h * W floats.
+void resize_add(const float* q, const LayerPlan& plan, int64_t H, int64_t W, float* tmp,
+                float* out) {
+  const int64_t h = plan.shape.h, w = plan.shape.w;
+  for (int64_t y = 0; y < h; ++y) {
+    const float* qr = q + y * w;
+    float* tr = tmp + y * W;
+    for (int64_t x = 0; x < W; ++x) {
+      const Lerp& l = plan.lx[x];
+      tr[x] = l.w0 * qr[l.i0] + l.w1 * qr[l.i1];
+    }
+  }
+  for (int64_t y = 0; y < H; ++y) {
+    const Lerp& l = plan.ly[y];
+    const float* a = tmp + l.i0 * W;
+    const float* b = tmp + l.i1 * W;
+    float* o = out + y * W;
+    for (int64_t x = 0; x < W; ++x) o[x] += l.w0 * a[x] + l.w1 * b[x];
+  }
+}
+
+// ---- literal reference helpers ----
+
+std::vector<double> adaptive_pool(const std::vector<double>& v, int64_t O) {
+  const int64_t L = static_cast<int64_t>(v.size());
+  std::vector<double> out(O);
+  for (int64_t i = 0; i < O; ++i) {
+    auto [s, e] = pool_bin(i, L, O);
+    double sum = 0;
+    for (int64_t j = s; j < e; ++j) sum += v[j];
+    out[i] = sum / static_cast<double>(e - s);
+  }
+  return out;
+}
+
+// A [h, w, K] map sampled at (Y, X) of an H x W grid, straight from torch's formula.
+std::vector<double> bilinear_at(const std::vector<double>& m, int64_t h, int64_t w, int64_t K,
+                                int64_t H, int64_t W, int64_t Y, int64_t X) {
+  auto axis = [](int64_t d, int64_t in, int64_t out, int64_t& i0, int64_t& i1, double& f) {
+    double src =
+        (static_cast<double>(d) + 0.5) * static_cast<double>(in) / static_cast<double>(out) - 0.5;
+    if (src < 0) src = 0;
+    i0 = static_cast<int64_t>(std::floor(src));
+    if (i0 > in - 1) i0 = in - 1;
+    i1 = i0 + 1 < in ? i0 + 1 : in - 1;
+    f = src - static_cast<double>(i0);
+    if (i1 == i0) f = 0;
+  };
+  int64_t y0, y1, x0, x1;
+  double fy, fx;
+  axis(Y, h, H, y0, y1, fy);
+  axis(X, w, W, x0, x1, fx);
+  std::vector<double> r(K);
+  for (int64_t k = 0; k < K; ++k) {
+    auto at = [&](int64_t y, int64_t x) { return m[(y * w + x) * K + k]; };
+    r[k] = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1)) +
+           fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1));
+  }
+  return r;
+}
+
+}  // namespace
+
+int embedding_dim(const std::vector<int64_t>& channels, const EmbeddingParams& p) {
+  check_params(p);
+  if (channels.empty()) throw_usage("embedding: no feature layers");
+  if (p.mode == EmbeddingMode::paper) return p.target_dim;
+  int64_t d = 0;
+  for (int64_t c : channels) {
+    PATCHCORE_ASSERT(c >= 1);
+    d += c;
+  }
+  return static_cast<int>(d);
+}
+
+Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p) {
+  check_params(p);
+  const std::vector<Shape> shapes = check_features(features);
+  std::vector<int64_t> channels;
+  for (const Shape& s : shapes) channels.push_back(s.c);
+  const int64_t D = embedding_dim(channels, p);
+  const int64_t N = shapes[0].n, H = shapes[0].h, W = shapes[0].w, HW = H * W;
+
+  std::vector<LayerPlan> plans(shapes.size());
+  int64_t max_hw = 0, max_tmp = 0;
+  for (size_t l = 0; l < shapes.size(); ++l) {
+    LayerPlan& plan = plans[l];
+    plan.shape = shapes[l];
+    plan.same_grid = shapes[l].h == H && shapes[l].w == W;
+    if (!plan.same_grid) {
+      plan.ly = lerp_table(shapes[l].h, H);
+      plan.lx = lerp_table(shapes[l].w, W);
+      max_hw = std::max(max_hw, shapes[l].h * shapes[l].w);
+      max_tmp = std::max(max_tmp, shapes[l].h * W);
+    }
+  }
+  if (p.mode == EmbeddingMode::paper)
+    plan_paper(plans, p);
+  else
+    plan_concat(plans, p, D);
+
+  Embedding result;
+  result.grid_h = static_cast<int>(H);
+  result.grid_w = static_cast<int>(W);
+  result.patches = Tensor({N * HW, D});
+  float* out = result.patches.ptr();
+
+  // Work unit: one image and a block of output channels, computed as planes (so the shifted
+  // accumulations vectorise) and then transposed into the row-major patch matrix.
+  constexpr int64_t kBlock = 16;
+  const int64_t n_blocks = (D + kBlock - 1) / kBlock;
+  const int64_t n_units = N * n_blocks;
+  // Threads cost more than they save on tiny inputs (and on a loaded machine).
+  int64_t work = 0;
+  for (const LayerPlan& plan : plans)
+    work += static_cast<int64_t>(plan.taps.size()) * plan.shape.h * plan.shape.w;
+  const bool parallel = n_units > 1 && N * work > (int64_t{1} << 18);
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> buf(kBlock * HW), q(max_hw), tmp(max_tmp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < n_units; ++unit) {
+      const int64_t n = unit / n_blocks;
+      const int64_t t0 = (unit % n_blocks) * kBlock;
+      const int64_t nt = std::min(kBlock, D - t0);
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      for (size_t l = 0; l < plans.size(); ++l) {
+        const LayerPlan& plan = plans[l];
+        const Shape& s = plan.shape;
+        const float* image = features[l].ptr() + n * s.c * s.h * s.w;
+        for (int64_t i = 0; i < nt; ++i) {
+          const Tap* b = plan.taps.data() + plan.start[t0 + i];
+          const Tap* e = plan.taps.data() + plan.start[t0 + i + 1];
+          if (b == e) continue;
+          float* plane = buf.data() + i * HW;
+          if (plan.same_grid) {
+            apply_taps(b, e, image, s, plane);
+          } else {
+            std::fill(q.begin(), q.begin() + s.h * s.w, 0.0f);
+            apply_taps(b, e, image, s, q.data());
+            resize_add(q.data(), plan, H, W, tmp.data(), plane);
+          }
+        }
+      }
+      for (int64_t pix = 0; pix < HW; ++pix) {
+        float* row = out + (n * HW + pix) * D + t0;
+        for (int64_t i = 0; i < nt; ++i) row[i] = buf[i * HW + pix];
+      }
+    }
+  }
+  return result;
+}
+
+Embedding embed_reference(const std::vector<Tensor>& features, const EmbeddingParams& p) {
+  check_params(p);
+  const std::vector<Shape> shapes = check_features(features);
+  std::vector<int64_t> channels;
+  for (const Shape& s : shapes) channels.push_back(s.c);
+  const int64_t D = embedding_dim(channels, p);
+  const int64_t N = shapes[0].n, H = shapes[0].h, W = shapes[0].w;
+  const int64_t ps = p.patch_size, pad = ps / 2;
+
+  Embedding result;
+  result.grid_h = static_cast<int>(H);
+  result.grid_w = static_cast<int>(W);
+  result.patches = Tensor({N * H * W, D});
+  for (int64_t n = 0; n < N; ++n) {
+    // Per layer, per position of the first grid: that layer's vector.
+    std::vector<std::vector<std::vector<double>>> per_layer(shapes.size());
+    for (size_t l = 0; l < shapes.size(); ++l) {
+      const Shape& s = shapes[l];
+      auto value = [&](int64_t c, int64_t y, int64_t x) -> double {
+        if (y < 0 || y >= s.h || x < 0 || x >= s.w) return 0.0;
+        return features[l].data[((n * s.c + c) * s.h + y) * s.w + x];
+      };
+      // Per position of the layer's own grid: neighbourhood (paper) or average (concat).
+      const int64_t K = p.mode == EmbeddingMode::paper ? s.c * ps * ps : s.c;
+      std::vector<double> m(s.h * s.w * K);
+      for (int64_t y = 0; y < s.h; ++y)
+        for (int64_t x = 0; x < s.w; ++x) {
+          double* v = m.data() + (y * s.w + x) * K;
+          for (int64_t c = 0; c < s.c; ++c)
+            for (int64_t ky = 0; ky < ps; ++ky)
+              for (int64_t kx = 0; kx < ps; ++kx) {
+                const double f = value(c, y + ky - pad, x + kx - pad);
+                if (p.mode == EmbeddingMode::paper)
+                  v[c * ps * ps + ky * ps + kx] = f;
+                else
+                  v[c] += f / static_cast<double>(ps * ps);
+              }
+        }
+      per_layer[l].resize(H * W);
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t x = 0; x < W; ++x)
+          per_layer[l][y * W + x] = bilinear_at(m, s.h, s.w, K, H, W, y, x);
+    }
+    for (int64_t pos = 0; pos < H * W; ++pos) {
+      std::vector<double> v;
+      for (size_t l = 0; l < shapes.size(); ++l) {
+        std::vector<double> part = per_layer[l][pos];
+        if (p.mode == EmbeddingMode::paper) part = adaptive_pool(part, p.pretrain_dim);
+        v.insert(v.end(), part.begin(), part.end());
+      }
+      if (p.mode == EmbeddingMode::paper) v = adaptive_pool(v, p.target_dim);
+      PATCHCORE_ASSERT(static_cast<int64_t>(v.size()) == D);
+      float* row = result.patches.row(n * H * W + pos);
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(v[d]);
+    }
+  }
+  return result;
+}
+
+}  // namespace patchcore

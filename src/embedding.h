@@ -37,6 +37,10 @@ int embedding_dim(const std::vector<int64_t>& channels, const EmbeddingParams& p
 ///
 /// concat: each layer p x p average pooled (stride 1, zero padding counted, as torch's
 /// avg_pool2d), deeper layers bilinearly resized to the first grid, channels concatenated.
+///
+/// Throws Error(usage) for an even or non-positive patch size or dims < 1; layers that are not
+/// [N, C, h, w] with one N are a caller bug (internal error). Runs on the caller's OpenMP
+/// thread count (omp_get_max_threads()), over images and blocks of output channels.
 Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p);
 
 /// The same, computed literally (explicit neighbourhoods, resize, then pooling): slow, the

@@ -22,11 +22,13 @@ struct Dataset {
 };
 
 /// Image files directly in dir (png, jpg, jpeg, bmp, tif, tiff, webp; case-insensitive), sorted
-/// by name; files named *_mask.png are left out.
+/// by name; files named *_mask.png and hidden files (".name", e.g. macOS "._x.png") are left out.
+/// Throws Error(bad_input) naming dir when it does not exist or is not a folder.
 std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir);
 
+/// MVTec masks: ground_truth/<kind>/<stem>_mask.png, else <stem>.png; "good" never has one.
 /// Throws Error(bad_input) naming dir when it does not exist, is not a folder, or holds no
-/// image where one is needed.
+/// image where one is needed (the folder itself, or train/good in the MVTec layout).
 Dataset scan_dataset(const std::filesystem::path& dir);
 
 }  // namespace patchcore

@@ -1,1 +1,290 @@
 #include "image.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <fstream>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "error.h"
+
+namespace fs = std::filesystem;
+
+namespace patchcore {
+
+const char* to_string(Normalization n) {
+  switch (n) {
+    case Normalization::imagenet:
+      return "imagenet";
+    case Normalization::m11:
+      return "m11";
+    case Normalization::unit:
+      return "unit";
+  }
+  PATCHCORE_ASSERT(false && "unknown Normalization");
+  return "";
+}
+
+Normalization normalization_from_string(const std::string& name) {
+  if (name == "imagenet") return Normalization::imagenet;
+  if (name == "m11") return Normalization::m11;
+  if (name == "unit") return Normalization::unit;
+  throw_usage("unknown normalization '" + name + "' (expected imagenet, m11 or unit)");
+}
+
+namespace {
+
+std::vector<uint8_t> read_file_bytes(const fs::path& file) {
+  std::error_code ec;
+  const auto status = fs::status(file, ec);
+  if (!fs::exists(status)) throw_bad_input(file.string(), "no such file");
+  if (fs::is_directory(status)) throw_bad_input(file.string(), "is a folder, not an image");
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw_bad_input(file.string(), "cannot open: " + std::string(std::strerror(errno)));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  if (in.bad()) throw_bad_input(file.string(), "read error");
+  if (bytes.empty()) throw_bad_input(file.string(), "empty file, not an image");
+  return bytes;
+}
+
+bool is_jpeg(const std::vector<uint8_t>& b) {
+  return b.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF;
+}
+
+bool is_png(const std::vector<uint8_t>& b) {
+  static constexpr std::array<uint8_t, 8> sig = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
+  return b.size() >= 8 && std::equal(sig.begin(), sig.end(), b.begin());
+}
+
+// libjpeg decodes a truncated JPEG without failing (grey fill and a warning on stderr), so walk
+// the marker structure to the end-of-image marker. Segment lengths are followed, so an EOI inside
+// an EXIF thumbnail does not count; inside entropy-coded data 0xFF is always stuffed or a marker.
+bool jpeg_has_end(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  size_t pos = 2;  // after SOI
+  while (pos < n) {
+    if (b[pos] != 0xFF) {  // stray bytes between segments: skip to the next marker, as libjpeg does
+      ++pos;
+      continue;
+    }
+    while (pos < n && b[pos] == 0xFF) ++pos;  // fill bytes
+    if (pos >= n) return false;
+    const uint8_t m = b[pos++];
+    if (m == 0xD9) return true;                                        // EOI
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // no length
+    if (pos + 2 > n) return false;
+    const size_t len = (size_t{b[pos]} << 8) | b[pos + 1];
+    if (len < 2) return false;
+    pos += len;
+    if (pos > n) return false;
+    if (m == 0xDA) {  // start of scan: entropy-coded data runs to the next real marker
+      while (pos + 1 < n) {
+        if (b[pos] == 0xFF) {
+          const uint8_t next = b[pos + 1];
+          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
+          pos += (next == 0xFF) ? 1 : 2;
+        } else {
+          ++pos;
+        }
+      }
+      if (pos + 1 >= n) return false;
+    }
+  }
+  return false;
+}
+
+bool png_has_end(const std::vector<uint8_t>& b) {
+  size_t pos = 8;
+  while (pos + 8 <= b.size()) {
+    const uint64_t len = (uint64_t{b[pos]} << 24) | (uint64_t{b[pos + 1]} << 16) |
+                         (uint64_t{b[pos + 2]} << 8) | b[pos + 3];
+    const bool iend = std::memcmp(&b[pos + 4], "IEND", 4) == 0;
+    pos += 12 + len;  // length, type, data, crc
+    if (pos > b.size()) return false;
+    if (iend) return true;
+  }
+  return false;
+}
+
+// Decodes any supported image with its own depth and channel count.
+cv::Mat decode(const fs::path& file) {
+  const std::vector<uint8_t> bytes = read_file_bytes(file);
+  if (is_jpeg(bytes) && !jpeg_has_end(bytes))
+    throw_bad_input(file.string(), "truncated JPEG (no end-of-image marker)");
+  if (is_png(bytes) && !png_has_end(bytes))
+    throw_bad_input(file.string(), "truncated PNG (no IEND chunk)");
+  cv::Mat img;
+  try {
+    img = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw_bad_input(file.string(), "cannot decode the image: " + e.msg);
+  }
+  if (img.empty())
+    throw_bad_input(file.string(), is_jpeg(bytes) || is_png(bytes)
+                                       ? "corrupt image, cannot decode it"
+                                       : "not an image or an unsupported format");
+  return img;
+}
+
+// Any depth to 8 bits: 16-bit by /257 (65535 -> 255), float images are taken as [0, 1].
+cv::Mat to_8bit(const cv::Mat& img, const fs::path& file) {
+  cv::Mat out;
+  switch (img.depth()) {
+    case CV_8U:
+      return img;
+    case CV_16U:
+      img.convertTo(out, CV_8U, 1.0 / 257.0);
+      return out;
+    case CV_32F:
+    case CV_64F:
+      img.convertTo(out, CV_8U, 255.0);
+      return out;
+    default:
+      throw_bad_input(file.string(), "unsupported pixel type (signed integer samples)");
+  }
+}
+
+}  // namespace
+
+cv::Mat load_rgb(const fs::path& file) {
+  const cv::Mat img = to_8bit(decode(file), file);
+  cv::Mat rgb;
+  switch (img.channels()) {
+    case 1:
+      cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    case 2: {  // grey + alpha
+      cv::Mat grey;
+      cv::extractChannel(img, grey, 0);
+      cv::cvtColor(grey, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    }
+    case 3:
+      cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(img, rgb, cv::COLOR_BGRA2RGB);
+      break;
+    default:
+      throw_bad_input(file.string(),
+                      "unsupported image with " + std::to_string(img.channels()) + " channels");
+  }
+  PATCHCORE_ASSERT(rgb.type() == CV_8UC3 && rgb.isContinuous());
+  return rgb;
+}
+
+cv::Mat load_mask(const fs::path& file, int size) {
+  const cv::Mat img = to_8bit(decode(file), file);
+  // A colour mask marks defects in any colour: a pixel counts when one of its channels does.
+  cv::Mat grey;
+  if (img.channels() == 1) {
+    grey = img;
+  } else {
+    std::vector<cv::Mat> planes;
+    cv::split(img, planes);
+    const int colour = std::min(img.channels(), 3);  // alpha is not a mark
+    grey = planes[0].clone();
+    for (int c = 1; c < colour; ++c) cv::max(grey, planes[c], grey);
+  }
+  if (size > 0 && (grey.cols != size || grey.rows != size))
+    cv::resize(grey, grey, cv::Size(size, size), 0, 0, cv::INTER_NEAREST);
+  cv::Mat mask;
+  cv::threshold(grey, mask, 127, 1, cv::THRESH_BINARY);
+  return mask;
+}
+
+namespace {
+
+// torchvision's CenterCrop offset: int(round((in - out) / 2)) with Python's half-to-even round.
+int centre_offset(int in, int out) {
+  const int diff = in - out;
+  const int half = diff / 2;
+  return (diff % 2 == 0) ? half : (half % 2 == 0 ? half : half + 1);
+}
+
+// The resize + crop shared by images and masks.
+cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolation) {
+  if (p.image_size <= 0)
+    throw_usage("image size must be positive, got " + std::to_string(p.image_size));
+  if (p.crop < 0) throw_usage("crop must be 0 or positive, got " + std::to_string(p.crop));
+  if (p.crop > p.image_size)
+    throw_usage("crop " + std::to_string(p.crop) + " is larger than the image size " +
+                std::to_string(p.image_size));
+  PATCHCORE_ASSERT(!src.empty());
+  const int s = p.image_size;
+  cv::Mat resized;
+  if (p.crop == 0) {
+    if (src.cols == s && src.rows == s) return src;
+    cv::resize(src, resized, cv::Size(s, s), 0, 0, interpolation);
+    return resized;
+  }
+  // Shorter side to S, longer side int(S * long / short) as torchvision's Resize(int) does.
+  int w = s, h = s;
+  if (src.cols < src.rows) {
+    h = static_cast<int>(static_cast<int64_t>(s) * src.rows / src.cols);
+  } else {
+    w = static_cast<int>(static_cast<int64_t>(s) * src.cols / src.rows);
+  }
+  if (src.cols == w && src.rows == h) {
+    resized = src;
+  } else {
+    cv::resize(src, resized, cv::Size(w, h), 0, 0, interpolation);
+  }
+  const int c = p.crop;
+  const cv::Rect roi(centre_offset(w, c), centre_offset(h, c), c, c);
+  return resized(roi);
+}
+
+}  // namespace
+
+void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
+  PATCHCORE_ASSERT(rgb.type() == CV_8UC3);
+  const cv::Mat img = apply_geometry(rgb, p, cv::INTER_LINEAR);
+  const int n = p.input_size();
+  PATCHCORE_ASSERT(img.rows == n && img.cols == n);
+
+  // A table per channel: exact per value and cheaper than arithmetic per pixel.
+  std::array<std::array<float, 256>, 3> lut{};
+  static constexpr float kMean[3] = {0.485f, 0.456f, 0.406f};
+  static constexpr float kStd[3] = {0.229f, 0.224f, 0.225f};
+  for (int c = 0; c < 3; ++c) {
+    for (int v = 0; v < 256; ++v) {
+      const float x = static_cast<float>(v);
+      switch (p.normalization) {
+        case Normalization::imagenet:
+          lut[c][v] = (x / 255.0f - kMean[c]) / kStd[c];
+          break;
+        case Normalization::m11:
+          lut[c][v] = x / 127.5f - 1.0f;
+          break;
+        case Normalization::unit:
+          lut[c][v] = x / 255.0f;
+          break;
+      }
+    }
+  }
+  const size_t plane = static_cast<size_t>(n) * n;
+  for (int y = 0; y < n; ++y) {
+    const uint8_t* row = img.ptr<uint8_t>(y);
+    float* r = dst + static_cast<size_t>(y) * n;
+    float* g = r + plane;
+    float* b = g + plane;
+    for (int x = 0; x < n; ++x) {
+      r[x] = lut[0][row[3 * x]];
+      g[x] = lut[1][row[3 * x + 1]];
+      b[x] = lut[2][row[3 * x + 2]];
+    }
+  }
+}
+
+cv::Mat preprocess_mask(const cv::Mat& mask01, const Preprocess& p) {
+  PATCHCORE_ASSERT(mask01.type() == CV_8UC1);
+  return apply_geometry(mask01, p, cv::INTER_NEAREST).clone();
+}
+
+}  // namespace patchcore

@@ -2,8 +2,8 @@
 #pragma once
 
 #include <filesystem>
-
 #include <opencv2/core.hpp>
+#include <string>
 
 namespace patchcore {
 
@@ -18,12 +18,15 @@ const char* to_string(Normalization n);
 Normalization normalization_from_string(const std::string& name);
 
 /// Loads a file as CV_8UC3 in RGB order. Grey is replicated, alpha is dropped, 16-bit is scaled
-/// to 8-bit. Throws Error(bad_input) naming the file when it is missing, not an image, or
+/// to 8-bit (/257), float images are taken as [0, 1]. EXIF orientation is ignored (as PIL and
+/// the reference do). Throws Error(bad_input) naming the file when it is missing, not an image, or
 /// truncated (a JPEG without its end marker, a PNG without IEND).
 cv::Mat load_rgb(const std::filesystem::path& file);
 
-/// Loads a ground-truth mask, resizes it (nearest) to size x size and returns CV_8UC1 0/1
-/// (pixels >= 128 are defect). Throws Error(bad_input) naming the file.
+/// Loads a ground-truth mask, resizes it (nearest) to size x size (size <= 0: keeps the file's
+/// size, e.g. to apply preprocess_mask's crop geometry) and returns CV_8UC1 0/1 (pixels >= 128
+/// are defect; in a colour mask a pixel is defect when any colour channel is). Throws
+/// Error(bad_input) naming the file.
 cv::Mat load_mask(const std::filesystem::path& file, int size);
 
 struct Preprocess {
@@ -35,7 +38,9 @@ struct Preprocess {
 };
 
 /// Resizes (bilinear), crops, normalises and writes one image as planar CHW floats to dst,
-/// which must hold 3 * input_size()^2 floats.
+/// which must hold 3 * input_size()^2 floats. With a crop the geometry is torchvision's
+/// Resize(S) + CenterCrop(C): longer side int(S * long / short), offsets round-half-even.
+/// Throws Error(usage) when image_size <= 0, crop < 0 or crop > image_size.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst);
 
 /// The same geometry applied to a mask (nearest neighbour), for pixel metrics: returns

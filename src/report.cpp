@@ -247,15 +247,13 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       if (s.label == 0) {
         gt = cv::Mat::zeros(size, size, CV_8U);
       } else if (s.mask) {
-        cv::Mat raw = cv::imread(s.mask->string(), cv::IMREAD_GRAYSCALE);
-        if (raw.empty()) {
+        try {
+          gt = preprocess_mask(load_mask(*s.mask, 0), pre);
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::bad_input) throw;
           if (callbacks.log)
-            callbacks.log(LogLevel::warning, s.mask->string() + ": cannot read the mask; "
-                                             "the image is left out of the pixel metrics");
-        } else {
-          cv::Mat m01 = raw >= 128;
-          m01 /= 255;
-          gt = preprocess_mask(m01, pre);
+            callbacks.log(LogLevel::warning, std::string(e.what()) +
+                                                 "; the image is left out of the pixel metrics");
         }
       } else {
         ++n_without_mask;
@@ -378,8 +376,11 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       cv::Mat m = map_to_image(again[0].map, rgb.size(), pre);
       cv::Mat gt;
       if (r->sample.mask) {
-        cv::Mat raw = cv::imread(r->sample.mask->string(), cv::IMREAD_GRAYSCALE);
-        if (!raw.empty()) gt = raw >= 128;
+        try {
+          gt = load_mask(*r->sample.mask, 0);
+        } catch (const Error&) {
+          // already reported while computing the metrics
+        }
       }
       const std::string name = "gallery/" + tag + "_" + std::to_string(i++) + ".png";
       write_image(o.out_dir / name, triptych(rgb, heatmap_overlay(rgb, m, calib), gt));

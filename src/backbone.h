@@ -17,17 +17,20 @@ namespace patchcore {
 class Backbone {
  public:
   virtual ~Backbone() = default;
-  /// batch: [N, 3, H, W] already normalised, H x W the size the backbone was built for.
-  /// Returns one [N, C, h, w] tensor per layer, in the order of layers().
+  /// batch: [N, 3, H, W] already normalised, H x W the size the backbone was built for
+  /// (Error(usage) otherwise). Returns one [N, C, h, w] tensor per layer, in the order of
+  /// layers(). Each image's features are the same whatever else is in the batch.
   virtual std::vector<Tensor> forward(const Tensor& batch) = 0;
   virtual const std::vector<std::string>& layers() const = 0;
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
-/// load or lacks a requested output. threads <= 0: all cores.
+/// load or lacks a requested output. threads <= 0: all cores (cv::setNumThreads is global, and
+/// is set again at each forward). Images run one at a time: OpenCV 4.6 accepts a batch on a
+/// graph declared for N = 1 but is no faster with it, and one image at a time keeps every
+/// image's result bit-identical whatever batch it comes in.
 std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
-                                               const std::vector<std::string>& layers,
-                                               int threads);
+                                               const std::vector<std::string>& layers, int threads);
 
 /// What is known about a backbone before running it.
 struct BackboneInfo {
@@ -51,8 +54,11 @@ struct BackboneGraph {
   std::string identity;  ///< e.g. "keras:inception_v3:sha256:<hex>" or "onnx:sha256:<hex>"
 };
 
-/// Builds the graph of a built-in backbone (converted from Keras for this input size) or reads
-/// an ONNX file. Throws Error(bad_input) naming the file or the name when it cannot.
+/// Builds the graph of a built-in backbone (converted from Keras for input_size x input_size,
+/// up to the deepest of `layers`; empty layers: the default ones) or reads an ONNX file (a
+/// path ending in .onnx, used as is: input_size is then the file's business; every requested
+/// layer must be a node output). Throws Error(bad_input) naming the file or the name when it
+/// cannot, e.g. when the built-in folder is missing (run scripts/setup).
 BackboneGraph build_backbone_graph(const std::string& name_or_path,
                                    const std::vector<std::string>& layers, int input_size);
 

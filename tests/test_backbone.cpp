@@ -1,0 +1,725 @@
+// OpenCV DNN running Keras graphs converted by keras_onnx, checked against a plain NHWC forward
+// pass written here from Keras' definitions (TensorFlow 'same' padding, padding-excluding
+// average pooling), on synthetic models and on the real built-in backbones.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
+
+#include "backbone.h"
+#include "error.h"
+#include "keras_onnx.h"
+#include "sha256.h"
+#include "test_support.h"
+
+namespace patchcore {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic Keras models with random weights.
+
+class KerasBuilder {
+ public:
+  explicit KerasBuilder(int64_t channels, uint32_t seed = 1) : rng_(seed) {
+    layers_.push_back({{"name", "input_1"},
+                       {"class_name", "InputLayer"},
+                       {"config", {{"batch_input_shape", {nullptr, nullptr, nullptr, channels}}}},
+                       {"inbound_nodes", json::array()}});
+    channels_["input_1"] = channels;
+  }
+
+  std::string conv(const std::string& name, const std::string& in, int64_t filters, int kh, int kw,
+                   int stride, const std::string& padding, bool bias = false,
+                   const std::string& activation = "linear", int dilation = 1) {
+    const int64_t cin = channels_.at(in);
+    random_weight(name + "/kernel", {kh, kw, cin, filters}, 1.0 / std::sqrt(kh * kw * cin));
+    if (bias) random_weight(name + "/bias", {filters}, 0.5);
+    return add_layer("Conv2D", name,
+                     {{"filters", filters},
+                      {"kernel_size", {kh, kw}},
+                      {"strides", {stride, stride}},
+                      {"padding", padding},
+                      {"data_format", "channels_last"},
+                      {"dilation_rate", {dilation, dilation}},
+                      {"activation", activation},
+                      {"use_bias", bias}},
+                     {in}, filters);
+  }
+
+  std::string depthwise(const std::string& name, const std::string& in, int k, int stride,
+                        const std::string& padding, int mult = 1) {
+    const int64_t cin = channels_.at(in);
+    random_weight(name + "/depthwise_kernel", {k, k, cin, mult}, 1.0 / k);
+    return add_layer("DepthwiseConv2D", name,
+                     {{"kernel_size", {k, k}},
+                      {"strides", {stride, stride}},
+                      {"padding", padding},
+                      {"depth_multiplier", mult},
+                      {"activation", "linear"},
+                      {"use_bias", false}},
+                     {in}, cin * mult);
+  }
+
+  std::string bn(const std::string& name, const std::string& in, bool scale, bool center = true) {
+    const int64_t c = channels_.at(in);
+    random_weight(name + "/moving_mean", {c}, 0.5);
+    random_weight(name + "/moving_variance", {c}, 0.5, 1.0);  // in [0.5, 1.5]
+    if (scale) random_weight(name + "/gamma", {c}, 0.5, 1.0);
+    if (center) random_weight(name + "/beta", {c}, 0.5);
+    return add_layer("BatchNormalization", name,
+                     {{"axis", 3}, {"epsilon", 1e-3}, {"center", center}, {"scale", scale}}, {in},
+                     c);
+  }
+
+  std::string relu(const std::string& name, const std::string& in,
+                   std::optional<double> max_value) {
+    json cfg = {{"negative_slope", 0}, {"threshold", 0}};
+    cfg["max_value"] = max_value ? json(*max_value) : json(nullptr);
+    return add_layer("ReLU", name, cfg, {in}, channels_.at(in));
+  }
+
+  std::string activation(const std::string& name, const std::string& in, const std::string& a) {
+    return add_layer("Activation", name, {{"activation", a}}, {in}, channels_.at(in));
+  }
+
+  std::string add(const std::string& name, const std::vector<std::string>& ins) {
+    return add_layer("Add", name, json::object(), ins, channels_.at(ins[0]));
+  }
+
+  std::string concat(const std::string& name, const std::vector<std::string>& ins) {
+    int64_t c = 0;
+    for (const auto& i : ins) c += channels_.at(i);
+    return add_layer("Concatenate", name, {{"axis", -1}}, ins, c);
+  }
+
+  std::string pool(const std::string& cls, const std::string& name, const std::string& in, int k,
+                   int stride, const std::string& padding) {
+    return add_layer(cls, name,
+                     {{"pool_size", {k, k}},
+                      {"strides", {stride, stride}},
+                      {"padding", padding},
+                      {"data_format", "channels_last"}},
+                     {in}, channels_.at(in));
+  }
+
+  std::string zero_pad(const std::string& name, const std::string& in, int t, int b, int l, int r) {
+    return add_layer("ZeroPadding2D", name, {{"padding", {{t, b}, {l, r}}}}, {in},
+                     channels_.at(in));
+  }
+
+  std::string add_layer(const std::string& cls, const std::string& name, json config,
+                        const std::vector<std::string>& ins, int64_t channels) {
+    config["name"] = name;
+    json inbound = json::array();
+    for (const auto& i : ins) inbound.push_back({i, 0, 0, json::object()});
+    layers_.push_back({{"name", name},
+                       {"class_name", cls},
+                       {"config", config},
+                       {"inbound_nodes", json::array({inbound})}});
+    channels_[name] = channels;
+    return name;
+  }
+
+  KerasModel model() const {
+    KerasModel m;
+    m.layers = layers_;
+    m.weights = weights_;
+    m.weights_sha256 = "synthetic";
+    return m;
+  }
+
+  /// The on-disk layout of scripts/tfjs_dump.js.
+  void write(const fs::path& dir) const {
+    json table = json::array();
+    std::vector<float> all;
+    for (const auto& [name, t] : weights_) {
+      table.push_back({{"name", name}, {"shape", t.shape}, {"offset", all.size()}});
+      all.insert(all.end(), t.data.begin(), t.data.end());
+    }
+    json doc = {{"modelTopology",
+                 {{"model_config", {{"class_name", "Model"}, {"config", {{"layers", layers_}}}}}}},
+                {"weights", table}};
+    testing::write_bytes(dir / "model.json", doc.dump());
+    testing::write_bytes(dir / "weights.bin",
+                         std::string(reinterpret_cast<const char*>(all.data()), all.size() * 4));
+  }
+
+ private:
+  void random_weight(const std::string& name, std::vector<int64_t> shape, double spread,
+                     double centre = 0.0) {
+    Tensor t(std::move(shape));
+    std::uniform_real_distribution<double> u(centre - spread, centre + spread);
+    for (float& v : t.data) v = static_cast<float>(u(rng_));
+    weights_[name] = std::move(t);
+  }
+
+  std::mt19937 rng_;
+  json layers_ = json::array();
+  std::map<std::string, Tensor> weights_;
+  std::map<std::string, int64_t> channels_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The plain forward pass: NHWC, double accumulation, one image.
+
+struct Image {
+  int64_t h = 0, w = 0, c = 0;
+  std::vector<double> v;
+  Image() = default;
+  Image(int64_t h_, int64_t w_, int64_t c_) : h(h_), w(w_), c(c_), v(h_ * w_ * c_, 0.0) {}
+  double& at(int64_t y, int64_t x, int64_t ch) { return v[(y * w + x) * c + ch]; }
+  double at(int64_t y, int64_t x, int64_t ch) const { return v[(y * w + x) * c + ch]; }
+};
+
+// Deliberate mistakes the converter could make; a test shows that each would be caught.
+struct Flaws {
+  bool extra_pad_at_start = false;  // PyTorch/Caffe style instead of TensorFlow's
+  bool average_includes_pad = false;
+};
+
+std::pair<int64_t, int64_t> pair_of(const json& v) {
+  if (v.is_number()) return {v.get<int64_t>(), v.get<int64_t>()};
+  return {v[0].get<int64_t>(), v[1].get<int64_t>()};
+}
+
+// Output size and leading padding along one axis.
+std::pair<int64_t, int64_t> geometry(int64_t in, int64_t k_eff, int64_t s, bool same,
+                                     const Flaws& f) {
+  if (!same) return {(in - k_eff) / s + 1, 0};
+  const int64_t out = (in + s - 1) / s;
+  const int64_t total = std::max<int64_t>((out - 1) * s + k_eff - in, 0);
+  return {out, f.extra_pad_at_start ? total - total / 2 : total / 2};
+}
+
+const std::vector<float>& w_of(const KerasModel& m, const std::string& name) {
+  return m.weights.at(name).data;
+}
+
+std::map<std::string, Image> naive_forward(const KerasModel& m, const Image& input,
+                                           const std::vector<std::string>& outputs,
+                                           const Flaws& flaws = {}) {
+  std::map<std::string, Image> vals;
+  auto done = [&] {
+    for (const auto& o : outputs)
+      if (!vals.count(o)) return false;
+    return true;
+  };
+  for (const json& l : m.layers) {
+    if (done()) break;
+    const std::string name = l["name"], cls = l["class_name"];
+    const json& c = l["config"];
+    std::vector<const Image*> ins;
+    if (!l["inbound_nodes"].empty())
+      for (const json& i : l["inbound_nodes"][0]) ins.push_back(&vals.at(i[0].get<std::string>()));
+    auto opt = [&](const char* key, const json& def) {
+      return c.contains(key) && !c[key].is_null() ? c[key] : def;
+    };
+    Image y;
+    if (cls == "InputLayer") {
+      y = input;
+    } else if (cls == "Conv2D" || cls == "DepthwiseConv2D") {
+      const Image& x = *ins[0];
+      const bool dw = cls == "DepthwiseConv2D";
+      const auto [kh, kw] = pair_of(c["kernel_size"]);
+      const auto [sh, sw] = pair_of(c["strides"]);
+      const auto [dh, dwl] = pair_of(opt("dilation_rate", 1));
+      const bool same = c["padding"] == "same";
+      const auto [oh, pt] = geometry(x.h, (kh - 1) * dh + 1, sh, same, flaws);
+      const auto [ow, pl] = geometry(x.w, (kw - 1) * dwl + 1, sw, same, flaws);
+      const int64_t mult = dw ? opt("depth_multiplier", 1).get<int64_t>() : 0;
+      const int64_t cout = dw ? x.c * mult : c["filters"].get<int64_t>();
+      const auto& k = w_of(m, name + (dw ? "/depthwise_kernel" : "/kernel"));
+      const bool bias = opt("use_bias", true).get<bool>();
+      y = Image(oh, ow, cout);
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox)
+          for (int64_t o = 0; o < cout; ++o) {
+            double s = bias ? w_of(m, name + "/bias")[o] : 0.0;
+            for (int64_t ky = 0; ky < kh; ++ky)
+              for (int64_t kx = 0; kx < kw; ++kx) {
+                const int64_t iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dwl;
+                if (iy < 0 || iy >= x.h || ix < 0 || ix >= x.w) continue;
+                if (dw) {
+                  const int64_t ci = o / mult, mm = o % mult;
+                  s += x.at(iy, ix, ci) * k[((ky * kw + kx) * x.c + ci) * mult + mm];
+                } else {
+                  for (int64_t ci = 0; ci < x.c; ++ci)
+                    s += x.at(iy, ix, ci) * k[((ky * kw + kx) * x.c + ci) * cout + o];
+                }
+              }
+            if (opt("activation", "linear") == "relu") s = std::max(s, 0.0);
+            y.at(oy, ox, o) = s;
+          }
+    } else if (cls == "BatchNormalization") {
+      y = *ins[0];
+      const double eps = c["epsilon"];
+      for (int64_t i = 0; i < static_cast<int64_t>(y.v.size()); ++i) {
+        const int64_t ch = i % y.c;
+        const double g = opt("scale", true).get<bool>() ? w_of(m, name + "/gamma")[ch] : 1.0;
+        const double b = opt("center", true).get<bool>() ? w_of(m, name + "/beta")[ch] : 0.0;
+        y.v[i] = (y.v[i] - w_of(m, name + "/moving_mean")[ch]) /
+                     std::sqrt(w_of(m, name + "/moving_variance")[ch] + eps) * g +
+                 b;
+      }
+    } else if (cls == "ReLU" || cls == "Activation") {
+      y = *ins[0];
+      if (cls == "Activation" && c["activation"] == "linear") {
+      } else {
+        const double mx =
+            cls == "ReLU" && !c["max_value"].is_null() ? c["max_value"].get<double>() : INFINITY;
+        for (double& v : y.v) v = std::min(std::max(v, 0.0), mx);
+      }
+    } else if (cls == "Add") {
+      y = *ins[0];
+      for (size_t i = 1; i < ins.size(); ++i)
+        for (size_t j = 0; j < y.v.size(); ++j) y.v[j] += ins[i]->v[j];
+    } else if (cls == "Concatenate") {
+      int64_t total = 0;
+      for (const Image* i : ins) total += i->c;
+      y = Image(ins[0]->h, ins[0]->w, total);
+      for (int64_t yy = 0; yy < y.h; ++yy)
+        for (int64_t xx = 0; xx < y.w; ++xx) {
+          int64_t at = 0;
+          for (const Image* i : ins)
+            for (int64_t ch = 0; ch < i->c; ++ch) y.at(yy, xx, at++) = i->at(yy, xx, ch);
+        }
+    } else if (cls == "ZeroPadding2D") {
+      const Image& x = *ins[0];
+      const json& p = c["padding"];
+      const int64_t t = p[0][0], b = p[0][1], lft = p[1][0], r = p[1][1];
+      y = Image(x.h + t + b, x.w + lft + r, x.c);
+      for (int64_t yy = 0; yy < x.h; ++yy)
+        for (int64_t xx = 0; xx < x.w; ++xx)
+          for (int64_t ch = 0; ch < x.c; ++ch) y.at(yy + t, xx + lft, ch) = x.at(yy, xx, ch);
+    } else if (cls == "MaxPooling2D" || cls == "AveragePooling2D") {
+      const Image& x = *ins[0];
+      const bool mx = cls == "MaxPooling2D";
+      const auto [kh, kw] = pair_of(c["pool_size"]);
+      const auto [sh, sw] = pair_of(opt("strides", c["pool_size"]));
+      const bool same = c["padding"] == "same";
+      const auto [oh, pt] = geometry(x.h, kh, sh, same, flaws);
+      const auto [ow, pl] = geometry(x.w, kw, sw, same, flaws);
+      y = Image(oh, ow, x.c);
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox)
+          for (int64_t ch = 0; ch < x.c; ++ch) {
+            double best = -INFINITY, sum = 0.0;
+            int64_t count = 0;
+            for (int64_t ky = 0; ky < kh; ++ky)
+              for (int64_t kx = 0; kx < kw; ++kx) {
+                const int64_t iy = oy * sh - pt + ky, ix = ox * sw - pl + kx;
+                if (iy < 0 || iy >= x.h || ix < 0 || ix >= x.w) continue;
+                best = std::max(best, x.at(iy, ix, ch));
+                sum += x.at(iy, ix, ch);
+                ++count;
+              }
+            if (flaws.average_includes_pad) count = kh * kw;
+            y.at(oy, ox, ch) = mx ? best : sum / count;
+          }
+    } else {
+      ADD_FAILURE() << "naive forward: unsupported " << cls;
+      return {};
+    }
+    vals[name] = std::move(y);
+  }
+  return vals;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+Tensor random_batch(int64_t n, int64_t c, int64_t h, int64_t w, uint32_t seed) {
+  Tensor t({n, c, h, w});
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : t.data) v = u(rng);
+  return t;
+}
+
+Image image_of(const Tensor& batch, int64_t index) {
+  Image im(batch.dim(2), batch.dim(3), batch.dim(1));
+  for (int64_t ch = 0; ch < im.c; ++ch)
+    for (int64_t y = 0; y < im.h; ++y)
+      for (int64_t x = 0; x < im.w; ++x)
+        im.at(y, x, ch) = batch.data[((index * im.c + ch) * im.h + y) * im.w + x];
+  return im;
+}
+
+// Relative L2 distance between one image of an NCHW tensor and an NHWC reference.
+double rel_l2(const Tensor& got, int64_t index, const Image& want) {
+  EXPECT_EQ(got.dim(1), want.c);
+  EXPECT_EQ(got.dim(2), want.h);
+  EXPECT_EQ(got.dim(3), want.w);
+  if (got.dim(1) != want.c || got.dim(2) != want.h || got.dim(3) != want.w) return INFINITY;
+  double num = 0.0, den = 0.0;
+  for (int64_t ch = 0; ch < want.c; ++ch)
+    for (int64_t y = 0; y < want.h; ++y)
+      for (int64_t x = 0; x < want.w; ++x) {
+        const double g = got.data[((index * want.c + ch) * want.h + y) * want.w + x];
+        num += (g - want.at(y, x, ch)) * (g - want.at(y, x, ch));
+        den += want.at(y, x, ch) * want.at(y, x, ch);
+      }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+std::vector<Tensor> run_opencv(const KerasModel& m, int64_t h, int64_t w,
+                               const std::vector<std::string>& outputs, const Tensor& batch) {
+  const auto onnx = keras_to_onnx(m, static_cast<int>(h), static_cast<int>(w), outputs);
+  return make_opencv_backbone(onnx, outputs, 2)->forward(batch);
+}
+
+// Converts, runs OpenCV and the plain forward on one random image and compares every output.
+void expect_matches(const KerasModel& m, int64_t h, int64_t w,
+                    const std::vector<std::string>& outputs, double tol = 1e-5) {
+  const Tensor x = random_batch(1, 3, h, w, static_cast<uint32_t>(h * 1000 + w));
+  const auto got = run_opencv(m, h, w, outputs, x);
+  const auto want = naive_forward(m, image_of(x, 0), outputs);
+  ASSERT_EQ(got.size(), outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ASSERT_EQ(got[i].dim(0), 1);
+    EXPECT_LT(rel_l2(got[i], 0, want.at(outputs[i])), tol) << outputs[i] << " at " << h << "x" << w;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic models.
+
+TEST(KerasOpenCv, StridedSameConvOnOddAndEvenSizes) {
+  KerasBuilder b(3);
+  b.conv("c3s2", "input_1", 5, 3, 3, 2, "same", true);
+  b.conv("c4s1", "input_1", 4, 4, 4, 1, "same");  // even kernel: pads 1 before, 2 after
+  b.conv("c5s2", "input_1", 4, 5, 3, 2, "same", true, "relu");
+  b.conv("cval", "input_1", 6, 3, 3, 2, "valid", true);
+  b.conv("cdil", "input_1", 3, 3, 3, 1, "same", false, "linear", 2);
+  const std::vector<std::string> outs{"c3s2", "c4s1", "c5s2", "cval", "cdil"};
+  for (auto [h, w] : {std::pair{9, 11}, {8, 10}, {7, 8}, {12, 13}}) {
+    expect_matches(b.model(), h, w, outs);
+  }
+}
+
+TEST(KerasOpenCv, DepthwiseZeroPaddingBatchNormAndRelu6) {
+  KerasBuilder b(3);
+  b.zero_pad("pad", "input_1", 0, 1, 0, 1);
+  b.conv("conv1", "pad", 8, 3, 3, 2, "valid");
+  b.bn("bn1", "conv1", /*scale=*/true);
+  b.relu("relu1", "bn1", 6.0);
+  b.depthwise("dw_same", "relu1", 3, 2, "same", 2);
+  b.bn("bn_dw", "dw_same", /*scale=*/false);
+  b.activation("act_dw", "bn_dw", "relu");
+  b.depthwise("dw_valid", "act_dw", 3, 1, "valid");
+  b.zero_pad("pad2", "dw_valid", 1, 2, 3, 0);
+  b.activation("lin", "pad2", "linear");
+  const std::vector<std::string> outs{"relu1", "act_dw", "lin"};
+  for (auto [h, w] : {std::pair{16, 16}, {17, 19}}) expect_matches(b.model(), h, w, outs);
+}
+
+TEST(KerasOpenCv, BatchNormThatCannotBeFolded) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 6, 3, 3, 1, "same", true);
+  b.bn("bn_a", "conv", true);  // the conv has two readers: no folding
+  b.relu("relu", "conv", std::nullopt);
+  b.add("sum", {"bn_a", "relu"});
+  b.bn("bn_b", "sum", false, false);  // after an Add
+  b.concat("cat", {"bn_b", "conv", "relu"});
+  b.bn("bn_c", "cat", true, true);
+  // "conv" is an output too, so even a single reader could not have absorbed it.
+  expect_matches(b.model(), 10, 9, {"conv", "bn_c", "sum"});
+}
+
+TEST(KerasOpenCv, PoolingAtTheBorder) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 4, 1, 1, 1, "valid", true);
+  b.pool("AveragePooling2D", "avg3s1", "conv", 3, 1, "same");
+  b.pool("AveragePooling2D", "avg3s2", "conv", 3, 2, "same");
+  b.pool("AveragePooling2D", "avg2s2", "conv", 2, 2, "same");
+  b.pool("AveragePooling2D", "avg_valid", "conv", 3, 2, "valid");
+  b.pool("MaxPooling2D", "max3s2", "conv", 3, 2, "same");
+  b.pool("MaxPooling2D", "max2s2", "conv", 2, 2, "same");
+  b.pool("MaxPooling2D", "max_valid", "conv", 3, 2, "valid");
+  const std::vector<std::string> outs{"avg3s1", "avg3s2", "avg2s2",   "avg_valid",
+                                      "max3s2", "max2s2", "max_valid"};
+  for (auto [h, w] : {std::pair{7, 7}, {8, 6}, {5, 9}}) expect_matches(b.model(), h, w, outs);
+
+  // Strongly negative values: a max pool that let the padding in would return zeros there.
+  KerasBuilder neg(3);
+  neg.conv("conv", "input_1", 3, 1, 1, 1, "valid", true);
+  neg.pool("MaxPooling2D", "max", "conv", 3, 2, "same");
+  KerasModel m = neg.model();
+  for (float& v : m.weights.at("conv/bias").data) v = -20.0f;
+  expect_matches(m, 8, 8, {"max"});
+}
+
+// The comparison is sharp enough to see the two classic conversion mistakes.
+TEST(KerasOpenCv, ReferenceDetectsWrongPaddingSideAndAverageBorder) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 4, 3, 3, 2, "same", true);
+  b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");
+  const KerasModel m = b.model();
+  const Tensor x = random_batch(1, 3, 10, 10, 7);
+  const auto got = run_opencv(m, 10, 10, {"conv", "avg"}, x);
+  const Image in = image_of(x, 0);
+  EXPECT_LT(rel_l2(got[0], 0, naive_forward(m, in, {"conv"}).at("conv")), 1e-5);
+  EXPECT_LT(rel_l2(got[1], 0, naive_forward(m, in, {"avg"}).at("avg")), 1e-5);
+  Flaws wrong_side;
+  wrong_side.extra_pad_at_start = true;
+  EXPECT_GT(rel_l2(got[0], 0, naive_forward(m, in, {"conv"}, wrong_side).at("conv")), 1e-2);
+  Flaws include_pad;
+  include_pad.average_includes_pad = true;
+  EXPECT_GT(rel_l2(got[1], 0, naive_forward(m, in, {"avg"}, include_pad).at("avg")), 1e-2);
+}
+
+TEST(KerasOpenCv, LoadedFromDiskLikeTheDumpScriptWritesIt) {
+  KerasBuilder b(3, 5);
+  b.conv("conv", "input_1", 4, 3, 3, 2, "same");
+  b.bn("bn", "conv", false);
+  b.activation("relu", "bn", "relu");
+  testing::TempDir dir;
+  b.write(dir.path());
+  const KerasModel loaded = load_keras_model(dir.path());
+  expect_matches(loaded, 11, 12, {"relu"});
+}
+
+TEST(OpenCvBackbone, BatchEqualsSingleImages) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 6, 3, 3, 2, "same", true);
+  b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");
+  b.depthwise("dw", "avg", 3, 2, "same");
+  const std::vector<std::string> outs{"avg", "dw"};
+  const auto onnx = keras_to_onnx(b.model(), 13, 12, outs);
+  auto backbone = make_opencv_backbone(onnx, outs, 1);
+  EXPECT_EQ(backbone->layers(), outs);
+  const Tensor batch = random_batch(3, 3, 13, 12, 11);
+  const auto together = backbone->forward(batch);
+  ASSERT_EQ(together.size(), 2u);
+  EXPECT_EQ(together[0].shape, (std::vector<int64_t>{3, 6, 7, 6}));
+  EXPECT_EQ(together[1].shape, (std::vector<int64_t>{3, 6, 4, 3}));
+  const int64_t per = 3 * 13 * 12;
+  for (int64_t i = 0; i < 3; ++i) {
+    Tensor one({1, 3, 13, 12});
+    std::copy(batch.data.begin() + i * per, batch.data.begin() + (i + 1) * per, one.data.begin());
+    const auto single = backbone->forward(one);
+    for (size_t k = 0; k < 2; ++k) {
+      const int64_t n = single[k].numel();
+      EXPECT_TRUE(std::equal(single[k].data.begin(), single[k].data.end(),
+                             together[k].data.begin() + i * n))
+          << "image " << i << " layer " << outs[k];
+    }
+  }
+}
+
+TEST(OpenCvBackbone, RejectsBadGraphsAndInputs) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 2, 3, 3, 1, "same");
+  const auto onnx = keras_to_onnx(b.model(), 8, 8, {"conv"});
+  try {
+    make_opencv_backbone(onnx, {"nope"}, 1);
+    FAIL() << "a missing layer was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+  }
+  const std::vector<uint8_t> garbage{1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_THROW(make_opencv_backbone(garbage, {"conv"}, 1), Error);
+  auto backbone = make_opencv_backbone(onnx, {"conv"}, 1);
+  EXPECT_THROW(backbone->forward(random_batch(1, 3, 9, 8, 1)), Error);  // built for 8 x 8
+  EXPECT_EQ(backbone->forward(random_batch(2, 3, 8, 8, 1))[0].shape,
+            (std::vector<int64_t>{2, 2, 8, 8}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names, folders and identities.
+
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      setenv(name_, old_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(Backbone, BuiltinDescriptions) {
+  const auto inception = builtin_backbone("inception_v3");
+  ASSERT_TRUE(inception);
+  EXPECT_EQ(inception->default_layers, (std::vector<std::string>{"mixed2", "mixed5"}));
+  EXPECT_EQ(inception->default_image_size, 299);
+  EXPECT_EQ(inception->normalization, Normalization::m11);
+  EXPECT_TRUE(inception->builtin);
+  const auto mobilenet = builtin_backbone("mobilenet_v2");
+  ASSERT_TRUE(mobilenet);
+  EXPECT_EQ(mobilenet->default_layers,
+            (std::vector<std::string>{"block_5_expand_relu", "block_10_expand_relu"}));
+  EXPECT_EQ(mobilenet->default_image_size, 224);
+  EXPECT_FALSE(builtin_backbone("wide_resnet50_2"));
+}
+
+TEST(Backbone, DirectoryFromEnvironmentOrBesideTheExecutable) {
+  {
+    ScopedEnv env("PATCHCORE_BACKBONES", "/somewhere/else");
+    EXPECT_EQ(backbone_dir(), fs::path("/somewhere/else"));
+  }
+  ScopedEnv env("PATCHCORE_BACKBONES", "");
+  const fs::path exe_dir = fs::read_symlink("/proc/self/exe").parent_path();
+  if (fs::is_directory(exe_dir / "backbones")) {
+    EXPECT_EQ(backbone_dir(), exe_dir / "backbones");
+  } else {
+    EXPECT_EQ(backbone_dir(), exe_dir.parent_path() / "share" / "patchcore" / "backbones");
+  }
+}
+
+TEST(Backbone, MissingBuiltinFolderSaysToRunSetup) {
+  testing::TempDir empty;
+  ScopedEnv env("PATCHCORE_BACKBONES", empty.path().string());
+  try {
+    build_backbone_graph("inception_v3", {}, 299);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+    EXPECT_NE(std::string(e.what()).find("scripts/setup"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Backbone, OnnxFilesAndUnknownNames) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 2, 3, 3, 1, "same");
+  const auto onnx = keras_to_onnx(b.model(), 8, 8, {"conv"});
+  testing::TempDir dir;
+  const fs::path file = dir / "net.onnx";
+  testing::write_bytes(file, std::string(onnx.begin(), onnx.end()));
+  const BackboneGraph g = build_backbone_graph(file.string(), {"conv"}, 224);
+  EXPECT_EQ(g.onnx, onnx);
+  EXPECT_EQ(g.identity, "onnx:sha256:" + sha256_hex(onnx.data(), onnx.size()));
+  EXPECT_EQ(g.identity.size(), std::string("onnx:sha256:").size() + 64);
+  EXPECT_THROW(build_backbone_graph(file.string(), {"missing_layer"}, 224), Error);
+  EXPECT_THROW(build_backbone_graph((dir / "absent.onnx").string(), {"conv"}, 224), Error);
+  testing::write_bytes(dir / "junk.onnx", "not a protobuf at all");
+  EXPECT_THROW(build_backbone_graph((dir / "junk.onnx").string(), {"conv"}, 224), Error);
+  try {
+    build_backbone_graph("resnet_9000", {}, 224);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+    EXPECT_NE(std::string(e.what()).find("resnet_9000"), std::string::npos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real built-in backbones (after scripts/setup).
+
+class RealBackbone : public ::testing::Test {
+ protected:
+  static const KerasModel& model(const std::string& name) {
+    static std::map<std::string, KerasModel> cache;
+    auto it = cache.find(name);
+    if (it == cache.end()) {
+      it = cache.emplace(name, load_keras_model(testing::built_backbones_dir() / name)).first;
+    }
+    return it->second;
+  }
+  void require(const std::string& name) {
+    const fs::path dir = testing::built_backbones_dir();
+    if (dir.empty() || !fs::is_regular_file(dir / name / "model.json")) {
+      GTEST_SKIP() << "build/backbones/" << name << " absent (run scripts/setup)";
+    }
+  }
+};
+
+TEST_F(RealBackbone, InceptionV3FirstBlockMatchesPlainForward) {
+  require("inception_v3");
+  if (IsSkipped()) return;
+  // 75 x 75 is InceptionV3's smallest input; mixed0 is then 7 x 7, all border.
+  expect_matches(model("inception_v3"), 75, 75,
+                 {"activation_3", "max_pooling2d_1", "activation_5", "mixed0"});
+}
+
+TEST_F(RealBackbone, MobileNetV2FirstBlocksMatchPlainForward) {
+  require("mobilenet_v2");
+  if (IsSkipped()) return;
+  for (int s : {64, 63}) {
+    expect_matches(model("mobilenet_v2"), s, s,
+                   {"Conv1_relu", "block_1_expand_relu", "block_2_add", "block_3_depthwise_relu"});
+  }
+}
+
+TEST_F(RealBackbone, DefaultLayerShapesAndBatches) {
+  require("inception_v3");
+  require("mobilenet_v2");
+  if (IsSkipped()) return;
+  ScopedEnv env("PATCHCORE_BACKBONES", testing::built_backbones_dir().string());
+  struct Case {
+    std::string name;
+    int size;
+    std::vector<std::vector<int64_t>> shapes;  // of one image
+  };
+  const std::vector<Case> cases = {
+      {"inception_v3", 299, {{288, 35, 35}, {768, 17, 17}}},
+      {"inception_v3", 160, {{288, 17, 17}, {768, 8, 8}}},
+      {"mobilenet_v2", 224, {{192, 28, 28}, {384, 14, 14}}},
+      {"mobilenet_v2", 100, {{192, 12, 12}, {384, 6, 6}}},  // fixed (0, 1) pads
+  };
+  for (const Case& c : cases) {
+    const BackboneGraph g = build_backbone_graph(c.name, {}, c.size);
+    const std::string hash = model(c.name).weights_sha256;
+    EXPECT_EQ(g.identity, "keras:" + c.name + ":sha256:" + hash);
+    auto backbone = make_opencv_backbone(g.onnx, builtin_backbone(c.name)->default_layers, 2);
+    const int n = c.size < 200 ? 3 : 1;
+    const Tensor batch = random_batch(n, 3, c.size, c.size, 3);
+    const auto out = backbone->forward(batch);
+    ASSERT_EQ(out.size(), 2u);
+    for (size_t k = 0; k < 2; ++k) {
+      const auto& s = c.shapes[k];
+      EXPECT_EQ(out[k].shape, (std::vector<int64_t>{n, s[0], s[1], s[2]}))
+          << c.name << " at " << c.size;
+    }
+    if (n > 1) {  // the batch equals one image at a time
+      const int64_t per = 3LL * c.size * c.size;
+      Tensor last({1, 3, c.size, c.size});
+      std::copy(batch.data.end() - per, batch.data.end(), last.data.begin());
+      const auto single = backbone->forward(last);
+      for (size_t k = 0; k < 2; ++k) {
+        EXPECT_TRUE(std::equal(single[k].data.begin(), single[k].data.end(),
+                               out[k].data.end() - single[k].numel()));
+      }
+    }
+  }
+}
+
+TEST_F(RealBackbone, UnknownLayerAndTooSmallInput) {
+  require("mobilenet_v2");
+  if (IsSkipped()) return;
+  ScopedEnv env("PATCHCORE_BACKBONES", testing::built_backbones_dir().string());
+  try {
+    build_backbone_graph("mobilenet_v2", {"block_5_expand_relu", "block_99"}, 224);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+    EXPECT_NE(std::string(e.what()).find("block_99"), std::string::npos) << e.what();
+  }
+  // The classifier head is not convertible, and asking for it must say so.
+  try {
+    build_backbone_graph("mobilenet_v2", {"dense_3"}, 224);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unsupported"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace patchcore

@@ -173,6 +173,16 @@ std::optional<BackboneInfo> builtin_backbone(const std::string& name) {
   return info;
 }
 
+BackboneInfo onnx_backbone_info(const fs::path& file) {
+  // Filled in by the torchvision importer's work; until then an ONNX file carries no defaults.
+  if (!fs::is_regular_file(file)) throw_bad_input(file.string(), "no such backbone file");
+  BackboneInfo info;
+  info.name = file.string();
+  info.has_normalization = false;
+  info.default_image_size = 0;
+  return info;
+}
+
 fs::path backbone_dir() {
   if (const char* env = std::getenv("PATCHCORE_BACKBONES"); env != nullptr && *env != '\0') {
     return fs::path(env);

@@ -37,12 +37,18 @@ struct BackboneInfo {
   std::string name;                         ///< "inception_v3", "mobilenet_v2" or the file path
   std::vector<std::string> default_layers;  ///< shallow to deep
   Normalization normalization = Normalization::m11;
+  bool has_normalization = true;  ///< false: an ONNX file that does not say
   int default_image_size = 224;
   bool builtin = false;
 };
 
 /// The built-in backbones, by name. Empty when the name is not built in.
 std::optional<BackboneInfo> builtin_backbone(const std::string& name);
+
+/// Defaults stored in an ONNX file's metadata_props by `patchcore import` ("patchcore.layers":
+/// comma-separated, "patchcore.normalization", "patchcore.image_size"); fields absent from the
+/// file stay empty / 0. Throws Error(bad_input) naming the file when it is missing or not ONNX.
+BackboneInfo onnx_backbone_info(const std::filesystem::path& file);
 
 /// Folder holding the built-in Keras backbones (<dir>/<name>/model.json): $PATCHCORE_BACKBONES
 /// if set, else "backbones" beside the running executable, else <prefix>/share/patchcore/backbones.

@@ -1,1 +1,372 @@
 #include "coreset.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+
+#include "error.h"
+
+namespace patchcore {
+namespace {
+
+// Exact-pick argument (why greedy_coreset and greedy_coreset_reference agree bit for bit):
+//  * both run on the same projected float rows (coreset_project sums over D in index order, so
+//    the bits do not depend on threads or blocking) and the same start distances;
+//  * every distance is coreset_sq_distance(): direct differences, squared and added into 16
+//    lane accumulators in a fixed order, then a fixed pairwise tree. It is one out-of-line
+//    function, so the fast and the reference loop execute the same instructions, and the
+//    project builds in ISO C++ mode (-std=c++20, which implies -ffp-contract=off: no FMA
+//    contraction can make two call sites round differently). Vector clones (AVX2 / SSE2) give
+//    the same bits too: each lane does the same IEEE sub, mul, add.
+//  * the fast path only ever skips a row when it can prove that the new distance is >= the
+//    row's current minimum, in which case min() would have returned the old value anyway;
+//  * argmax ties go to the lowest index in both (blocks in index order, strict >).
+// Direct differences rather than ||x||^2 - 2 x.y + ||y||^2: a sum of non-negative terms has a
+// small relative error bound (used by the skip test below), duplicate rows give exactly 0,
+// and there is no cancellation. The projected rows are streamed once per pick either way.
+constexpr int kLanes = 16;
+
+// Relative error bound of coreset_sq_distance against the exact squared distance: each term
+// sees one subtraction, one multiplication, ceil(d / 16) lane additions and 4 tree additions;
+// doubled for slack. Plus an absolute term for underflow (values near FLT_MIN).
+double relative_error_bound(int64_t d) {
+  const double roundings = static_cast<double>((d + kLanes - 1) / kLanes + 6);
+  return 2.0 * roundings * std::ldexp(1.0, -24);
+}
+double absolute_error_bound(int64_t d) { return static_cast<double>(d + kLanes) * FLT_MIN; }
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Unbiased integer in [0, n) by rejection: std::uniform_int_distribution is
+// implementation-defined, and the picks must not depend on the standard library.
+uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
+  const uint64_t reject_below = (0 - n) % n;  // 2^64 mod n
+  for (;;) {
+    const uint64_t x = rng();
+    if (x >= reject_below) return x % n;
+  }
+}
+
+// Floyd's sampling: `count` distinct rows of [0, n), in ascending order.
+std::vector<int64_t> distinct_rows(uint64_t seed, int64_t n, int64_t count) {
+  std::mt19937_64 rng(splitmix64(seed ^ 0x5354415254ull));  // own stream, not the projection's
+  std::set<int64_t> chosen;
+  for (int64_t j = n - count; j < n; ++j) {
+    const auto t = static_cast<int64_t>(uniform_below(rng, static_cast<uint64_t>(j) + 1));
+    if (!chosen.insert(t).second) chosen.insert(j);
+  }
+  return {chosen.begin(), chosen.end()};
+}
+
+int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+// features @ matrix, each output summed over k = 0..D-1 in order (identical bits for every
+// blocking below and every thread count); 4 rows x 16 columns per register block.
+__attribute__((target_clones("avx2", "default"))) void project_rows(
+    const float* x, int64_t n, int64_t d, const float* p, int64_t pd, float* out, int64_t begin,
+    int64_t end) {
+  constexpr int kRows = 4;
+  int64_t i = begin;
+  for (; i + kRows <= end; i += kRows) {
+    int64_t j = 0;
+    for (; j + kLanes <= pd; j += kLanes) {
+      float acc[kRows][kLanes] = {};
+      for (int64_t k = 0; k < d; ++k) {
+        const float* pk = p + k * pd + j;
+        for (int r = 0; r < kRows; ++r) {
+          const float xv = x[(i + r) * d + k];
+          for (int l = 0; l < kLanes; ++l) acc[r][l] += xv * pk[l];
+        }
+      }
+      for (int r = 0; r < kRows; ++r)
+        for (int l = 0; l < kLanes; ++l) out[(i + r) * pd + j + l] = acc[r][l];
+    }
+    for (; j < pd; ++j)
+      for (int r = 0; r < kRows; ++r) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < d; ++k) acc += x[(i + r) * d + k] * p[k * pd + j];
+        out[(i + r) * pd + j] = acc;
+      }
+  }
+  for (; i < end; ++i)
+    for (int64_t j = 0; j < pd; ++j) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < d; ++k) acc += x[i * d + k] * p[k * pd + j];
+      out[i * pd + j] = acc;
+    }
+  (void)n;
+}
+
+// The rows the greedy search runs on: the projection, or the features themselves when
+// D <= proj_dim (no copy).
+struct Points {
+  Tensor projected;
+  const float* data = nullptr;
+  int64_t n = 0;
+  int64_t dim = 0;
+};
+
+void check_params(const Tensor& features, const CoresetParams& p) {
+  if (features.shape.size() != 2)
+    throw_usage("coreset: features must be a 2-D [rows, dim] tensor");
+  if (features.dim(1) < 1) throw_usage("coreset: features have dimension 0");
+  PATCHCORE_ASSERT(features.numel() == features.dim(0) * features.dim(1));
+  if (!(p.ratio > 0.0))
+    throw_usage("coreset: ratio must be > 0 (got " + std::to_string(p.ratio) + ")");
+  if (p.proj_dim < 1)
+    throw_usage("coreset: projection dimension must be >= 1 (got " + std::to_string(p.proj_dim) +
+                ")");
+  if (p.start_points < 1)
+    throw_usage("coreset: start_points must be >= 1 (got " + std::to_string(p.start_points) +
+                ")");
+}
+
+Points prepare_points(const Tensor& features, const CoresetParams& p, int threads) {
+  Points pts;
+  pts.n = features.dim(0);
+  if (features.dim(1) > p.proj_dim) {
+    const auto matrix = coreset_projection_matrix(features.dim(1), p.proj_dim, p.seed);
+    pts.projected = coreset_project(features, matrix, p.proj_dim, threads);
+    pts.data = pts.projected.ptr();
+    pts.dim = p.proj_dim;
+  } else {
+    pts.data = features.ptr();
+    pts.dim = features.dim(1);
+  }
+  // Bounded values keep every squared distance finite (|v| <= 1e17 and d <= 2^20 give sums
+  // far below FLT_MAX), which the comparisons and the skip bounds rely on.
+  const float* z = pts.data;
+  const int64_t count = pts.n * pts.dim;
+  bool ok = true;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : ok) \
+    if (count >= (int64_t{1} << 20))
+  for (int64_t i = 0; i < count; ++i) ok = ok && std::fabs(z[i]) <= 1e17f;
+  if (!ok) throw_usage("coreset: features contain NaN, infinity or values beyond 1e17");
+  if (pts.dim > (int64_t{1} << 20))
+    throw_usage("coreset: dimension " + std::to_string(pts.dim) + " is too large (max 2^20)");
+  return pts;
+}
+
+// Squared start distance of every row: (mean L2 distance to the start rows)^2, in double.
+std::vector<float> start_distances(const Points& pts, const CoresetParams& p, int threads) {
+  const int64_t count = std::min<int64_t>(p.start_points, pts.n);
+  const auto starts = distinct_rows(p.seed, pts.n, count);
+  std::vector<float> mind(static_cast<size_t>(pts.n));
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if (pts.n * pts.dim * count >= (int64_t{1} << 20))
+  for (int64_t i = 0; i < pts.n; ++i) {
+    double sum = 0.0;
+    for (int64_t s : starts)
+      sum += std::sqrt(static_cast<double>(
+          coreset_sq_distance(pts.data + i * pts.dim, pts.data + s * pts.dim, pts.dim)));
+    const double mean = sum / static_cast<double>(count);
+    mind[i] = static_cast<float>(mean * mean);
+  }
+  return mind;
+}
+
+int64_t pick_count(const CoresetParams& p, int64_t n) {
+  const double k = std::floor(p.ratio * static_cast<double>(n));
+  return std::clamp<int64_t>(static_cast<int64_t>(k), 1, n);
+}
+
+// Reports about 1000 times at most, always the last pick.
+void report(const CoresetProgress& progress, int64_t done, int64_t total) {
+  if (!progress) return;
+  const int64_t step = std::max<int64_t>(1, total / 1000);
+  if (done % step == 0 || done == total) progress(done, total);
+}
+
+int64_t argmax_lowest(const std::vector<float>& v) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < static_cast<int64_t>(v.size()); ++i)
+    if (v[i] > v[best]) best = i;
+  return best;
+}
+
+std::vector<int64_t> all_rows(int64_t n) {
+  std::vector<int64_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), int64_t{0});
+  return all;
+}
+
+}  // namespace
+
+std::vector<float> coreset_projection_matrix(int64_t d, int proj_dim, uint64_t seed) {
+  PATCHCORE_ASSERT(d >= 0 && proj_dim >= 1);
+  std::mt19937_64 rng(splitmix64(seed ^ 0x50524f4aull));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(proj_dim));
+  const size_t count = static_cast<size_t>(d) * static_cast<size_t>(proj_dim);
+  std::vector<float> m(count);
+  // Box-Muller on 53-bit uniforms: u1 in (0, 1] keeps the log finite.
+  for (size_t i = 0; i < count; i += 2) {
+    const double u1 = (static_cast<double>(rng() >> 11) + 1.0) * 0x1.0p-53;
+    const double u2 = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+    const double r = std::sqrt(-2.0 * std::log(u1));
+    const double a = 2.0 * std::numbers::pi * u2;
+    m[i] = static_cast<float>(r * std::cos(a) * scale);
+    if (i + 1 < count) m[i + 1] = static_cast<float>(r * std::sin(a) * scale);
+  }
+  return m;
+}
+
+Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix, int proj_dim,
+                       int threads) {
+  PATCHCORE_ASSERT(features.shape.size() == 2 && proj_dim >= 1);
+  const int64_t n = features.dim(0);
+  const int64_t d = features.dim(1);
+  PATCHCORE_ASSERT(static_cast<int64_t>(matrix.size()) == d * proj_dim);
+  Tensor out({n, proj_dim});
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(threads)) \
+    if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    project_rows(features.ptr(), n, d, matrix.data(), proj_dim, out.ptr(), c * kChunk,
+                 std::min(n, (c + 1) * kChunk));
+  return out;
+}
+
+__attribute__((noinline)) float coreset_sq_distance(const float* a, const float* b, int64_t d) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float t = a[j + l] - b[j + l];
+      acc[l] += t * t;
+    }
+  for (int l = 0; j + l < d; ++l) {
+    const float t = a[j + l] - b[j + l];
+    acc[l] += t * t;
+  }
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// The fast path. Besides mind (the squared distance to the nearest pick or the start value),
+// each row keeps `centre`, the pick order of some pick c, and `radius` >= the exact distance to
+// c. For a new pick p, the triangle inequality gives |x - p| >= |c - p| - radius; when the
+// bound, pushed through the worst-case rounding of coreset_sq_distance, is already >= mind,
+// the row's distance to p cannot lower mind and the row is not read. As picks accumulate most
+// rows lie near their centre and far from the new pick, so most of the N x proj_dim floats
+// are skipped; the 12 bytes per row of bookkeeping are read instead. The argmax for the next
+// pick is taken in the same pass, per block of rows, and the blocks are reduced in index order.
+std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
+                                    const CoresetProgress& progress) {
+  check_params(features, p);
+  const int64_t n = features.dim(0);
+  if (n == 0) return {};
+  if (p.ratio >= 1.0) return all_rows(n);
+  const int threads = resolve_threads(p.threads);
+  const Points pts = prepare_points(features, p, threads);
+  const int64_t dim = pts.dim;
+  const int64_t total = pick_count(p, n);
+  PATCHCORE_ASSERT(total < std::numeric_limits<int32_t>::max());
+
+  std::vector<float> mind = start_distances(pts, p, threads);
+  std::vector<int32_t> centre(static_cast<size_t>(n), -1);
+  std::vector<float> radius(static_cast<size_t>(n), 0.0f);
+  std::vector<float> pick_rows(static_cast<size_t>(total * dim));
+  std::vector<double> centre_to_pick(static_cast<size_t>(total));
+
+  const double gamma = relative_error_bound(dim);
+  const double abs_err = absolute_error_bound(dim);
+  constexpr double kSlack = 1e-9;  // covers the double rounding in the bounds themselves
+  const double radius_factor = (1.0 + kSlack) / (1.0 - gamma);  // a multiply in the hot loop
+
+  constexpr int64_t kBlock = 2048;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<int64_t> block_best(static_cast<size_t>(blocks));
+
+  // A fork and a join per pick cost more than a small pass, and far more on a loaded machine
+  // (idle OpenMP threads spin and steal the core the serial part needs: 10x slower measured at
+  // 2500 x 128): passes under 2M floats stay on the calling thread (the result is the same).
+  const bool parallel = threads > 1 && blocks >= 2 && n * dim >= (int64_t{1} << 21);
+  std::vector<int64_t> picks;
+  picks.reserve(static_cast<size_t>(total));
+  int64_t next = argmax_lowest(mind);
+  for (int64_t t = 0; t < total; ++t) {
+    const int64_t pick = next;
+    picks.push_back(pick);
+    report(progress, t + 1, total);
+    if (t + 1 == total) break;  // the last update pass would only serve a pick never taken
+    const float* prow = pts.data + pick * dim;
+    std::copy(prow, prow + dim, pick_rows.begin() + t * dim);
+
+    // Lower bounds of the exact distances from the earlier picks to this one. Serial: at most
+    // t x proj_dim per pick, cheaper than the barrier a parallel loop would add.
+    for (int64_t c = 0; c < t; ++c) {
+      const double k = coreset_sq_distance(pick_rows.data() + c * dim, prow, dim);
+      centre_to_pick[c] = std::sqrt(std::max(0.0, k - abs_err) / (1.0 + gamma)) * (1 - kSlack);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t end = std::min(n, (b + 1) * kBlock);
+      int64_t best = b * kBlock;
+      for (int64_t i = b * kBlock; i < end; ++i) {
+        const int32_t c = centre[i];
+        bool skip = false;
+        if (c >= 0) {
+          const double lower = centre_to_pick[c] - static_cast<double>(radius[i]);
+          skip = lower > 0.0 &&
+                 ((1.0 - gamma) * lower * lower - abs_err) * (1 - kSlack) >= mind[i];
+        }
+        if (!skip) {
+          const float k = coreset_sq_distance(pts.data + i * dim, prow, dim);
+          if (k < mind[i]) mind[i] = k;
+          // Upper bound of the exact squared distance; the square root (rounded up again on
+          // the way to float) only when the row moves to the new centre.
+          const double r2 = (static_cast<double>(k) + abs_err) * radius_factor;
+          const double old = radius[i];
+          if (c < 0 || r2 < old * old) {
+            centre[i] = static_cast<int32_t>(t);
+            radius[i] = static_cast<float>(std::sqrt(r2) * (1 + kSlack) * (1 + 1e-6));
+          }
+        }
+        if (mind[i] > mind[best]) best = i;
+      }
+      block_best[b] = best;
+    }
+    next = block_best[0];
+    for (int64_t b = 1; b < blocks; ++b)
+      if (mind[block_best[b]] > mind[next]) next = block_best[b];
+  }
+  return picks;
+}
+
+std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const CoresetParams& p) {
+  check_params(features, p);
+  const int64_t n = features.dim(0);
+  if (n == 0) return {};
+  if (p.ratio >= 1.0) return all_rows(n);
+  const int threads = resolve_threads(p.threads);
+  const Points pts = prepare_points(features, p, threads);
+  const int64_t total = pick_count(p, n);
+  std::vector<float> mind = start_distances(pts, p, threads);
+  std::vector<int64_t> picks;
+  for (int64_t t = 0; t < total; ++t) {
+    const int64_t pick = argmax_lowest(mind);
+    picks.push_back(pick);
+    for (int64_t i = 0; i < n; ++i)
+      mind[i] = std::min(mind[i],
+                         coreset_sq_distance(pts.data + i * pts.dim, pts.data + pick * pts.dim,
+                                             pts.dim));
+  }
+  return picks;
+}
+
+}  // namespace patchcore

@@ -20,15 +20,39 @@ struct CoresetParams {
 using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 
 /// features [N, D]. Projects to proj_dim with a seeded Gaussian map (N(0, 1/proj_dim)), sets
-/// every row's distance to its mean L2 distance to start_points random rows (not selected),
-/// then repeatedly picks the row with the largest distance (lowest index on ties) and lowers
-/// every distance to min(old, L2 distance to the pick). Returns the picked row indices in pick
-/// order. Deterministic for a given seed and input.
+/// every row's distance to its mean L2 distance to start_points random rows (distinct, drawn
+/// from the seed, not selected; clamped to N), then repeatedly picks the row with the largest
+/// distance (lowest index on ties) and lowers every distance to min(old, L2 distance to the
+/// pick). Returns the picked row indices in pick order: max(1, floor(ratio * N)) of them, or
+/// 0..N-1 in order when ratio >= 1 (no selection); empty when N == 0. Deterministic for a given
+/// seed and input, whatever the thread count. Skips rows the triangle inequality proves
+/// unaffected by a pick, so the picks stay exactly those of greedy_coreset_reference().
+/// Throws Error(usage) for ratio <= 0, proj_dim or start_points < 1, a non-2-D tensor, or
+/// features with NaN, infinity or |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress = {});
 
-/// The plain algorithm, one full pass per pick, in double precision where it matters: the
-/// yardstick for greedy_coreset() in tests (the picks must be identical).
+/// The plain algorithm, single-threaded (apart from the shared set-up), one full pass per pick:
+/// the yardstick for greedy_coreset() in tests (the picks must be identical). Both run on the
+/// same projected float rows and the same distances: coreset_sq_distance() (float, fixed
+/// summation order), with the start means averaged in double. A double-precision reference
+/// would not do: near-ties between float and double distances would flip picks.
 std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const CoresetParams& p);
+
+/// The projection used above: [d, proj_dim] row-major, entries N(0, 1/proj_dim) from the seed
+/// through std::mt19937_64 and Box-Muller (no std:: distribution, so the same on every
+/// standard library).
+std::vector<float> coreset_projection_matrix(int64_t d, int proj_dim, uint64_t seed);
+
+/// features [N, D] times matrix [D, proj_dim] -> [N, proj_dim], each entry summed in float
+/// over D in index order: the same bits for every thread count. threads <= 0: all cores.
+Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix, int proj_dim,
+                       int threads = 0);
+
+/// The squared L2 distance of the coreset search: float differences squared into 16 lane
+/// accumulators (element j goes to lane j % 16, in order), then a fixed pairwise tree. Its
+/// relative error against the exact value is below 2 (ceil(d / 16) + 6) 2^-24 (plus underflow
+/// near FLT_MIN), the bound the fast path's skipping relies on.
+float coreset_sq_distance(const float* a, const float* b, int64_t d);
 
 }  // namespace patchcore

@@ -312,13 +312,21 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
                           : normalization_from_string(params.normalization);
     m.image_size = params.image_size > 0 ? params.image_size : builtin->default_image_size;
   } else {
-    if (params.layers.empty())
-      throw_usage("--layers is required with an ONNX backbone (" + params.backbone + ")");
-    if (params.normalization.empty())
-      throw_usage("--normalize is required with an ONNX backbone (" + params.backbone + ")");
-    m.layers = params.layers;
-    m.normalization = normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0 ? params.image_size : 224;
+    if (!fs::exists(params.backbone))
+      throw_bad_input(params.backbone,
+                      "not a built-in backbone (inception_v3, mobilenet_v2) and no such file");
+    const BackboneInfo file = onnx_backbone_info(params.backbone);
+    m.layers = params.layers.empty() ? file.default_layers : params.layers;
+    if (m.layers.empty())
+      throw_usage("--layers is required with this ONNX backbone (" + params.backbone + ")");
+    if (params.normalization.empty() && !file.has_normalization)
+      throw_usage("--normalize is required with this ONNX backbone (" + params.backbone + ")");
+    m.normalization = params.normalization.empty()
+                          ? file.normalization
+                          : normalization_from_string(params.normalization);
+    m.image_size = params.image_size > 0           ? params.image_size
+                   : file.default_image_size > 0 ? file.default_image_size
+                                                 : 224;
   }
   if (params.crop > m.image_size) throw_usage("--crop must not exceed the image size");
   m.params.layers = m.layers;

@@ -1,0 +1,299 @@
+#include "coreset.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "patchcore/patchcore.h"
+
+namespace patchcore {
+namespace {
+
+Tensor random_matrix(int64_t rows, int64_t cols, uint32_t seed, float scale = 1.0f) {
+  Tensor t({rows, cols});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (float& v : t.data) v = scale * g(rng);
+  return t;
+}
+
+// Gaussian blobs of very different spread, many exact duplicate rows and integer coordinates:
+// equal distances everywhere, so every tie rule gets exercised.
+Tensor clustered(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 5);
+  const Tensor centres = random_matrix(6, cols, seed + 1, 20.0f);
+  Tensor t({rows, cols});
+  for (int64_t i = 0; i < rows; ++i) {
+    const int c = pick(rng);
+    for (int64_t j = 0; j < cols; ++j)
+      t.row(i)[j] = std::round(centres.row(c)[j] + static_cast<float>(c) * 0.5f * g(rng));
+    if (i >= 10 && i % 3 == 0) {  // a third of the rows repeat an earlier one
+      const int64_t src = std::uniform_int_distribution<int64_t>(0, i - 1)(rng);
+      std::copy(t.row(src), t.row(src) + cols, t.row(i));
+    }
+  }
+  return t;
+}
+
+CoresetParams params(double ratio, int proj_dim, uint64_t seed, int threads = 2) {
+  CoresetParams p;
+  p.ratio = ratio;
+  p.proj_dim = proj_dim;
+  p.seed = seed;
+  p.threads = threads;
+  return p;
+}
+
+void expect_valid_picks(const std::vector<int64_t>& picks, int64_t n, int64_t expected) {
+  EXPECT_EQ(static_cast<int64_t>(picks.size()), expected);
+  std::set<int64_t> seen;
+  for (int64_t i : picks) {
+    EXPECT_GE(i, 0);
+    EXPECT_LT(i, n);
+    seen.insert(i);
+  }
+  // Distinct while some row is still uncovered (these data sets never get fully covered).
+  EXPECT_EQ(seen.size(), picks.size());
+}
+
+TEST(Coreset, FastMatchesReferenceOnRandomData) {
+  struct Case {
+    int64_t n, d;
+    double ratio;
+    int proj;
+  };
+  for (const Case& c : {Case{1000, 256, 0.05, 128}, Case{3000, 64, 0.02, 128},
+                        Case{5000, 32, 0.1, 128}, Case{777, 200, 0.1, 16}, Case{2000, 17, 0.2, 128},
+                        Case{9000, 8, 0.03, 128}, Case{8192, 32, 0.02, 128}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d << " ratio=" << c.ratio);
+    const Tensor x = random_matrix(c.n, c.d, static_cast<uint32_t>(c.n + c.d));
+    const auto p = params(c.ratio, c.proj, 42);
+    const auto fast = greedy_coreset(x, p);
+    EXPECT_EQ(fast, greedy_coreset_reference(x, p));
+    expect_valid_picks(fast, c.n, static_cast<int64_t>(std::floor(c.ratio * c.n)));
+  }
+}
+
+TEST(Coreset, FastMatchesReferenceOnClusteredDataWithDuplicates) {
+  for (int64_t d : {3, 40, 300}) {
+    SCOPED_TRACE(::testing::Message() << "d=" << d);
+    const Tensor x = clustered(2500, d, static_cast<uint32_t>(d));
+    for (double ratio : {0.01, 0.1, 0.5}) {  // d = 3, 0.5: past full coverage, distances 0
+      const auto p = params(ratio, 128, 7);
+      const auto fast = greedy_coreset(x, p);
+      EXPECT_EQ(fast, greedy_coreset_reference(x, p)) << "ratio=" << ratio;
+      EXPECT_EQ(static_cast<int64_t>(fast.size()), static_cast<int64_t>(std::floor(ratio * 2500)));
+    }
+  }
+}
+
+TEST(Coreset, FastMatchesReferenceAtExtremeScales) {
+  // 1e-19: squares underflow into subnormals; 1e12: large but finite sums.
+  for (float scale : {1e-19f, 1e-3f, 1e12f}) {
+    SCOPED_TRACE(::testing::Message() << "scale=" << scale);
+    const Tensor x = random_matrix(3000, 24, 13, scale);
+    const auto p = params(0.05, 128, 3);
+    EXPECT_EQ(greedy_coreset(x, p), greedy_coreset_reference(x, p));
+  }
+}
+
+TEST(Coreset, HandMadeLineHasAKnownOrder) {
+  // Rows at positions 20, 0, 40, 10, 30 on a line. start_points is clamped to N = 5, so every
+  // row's start distance is its mean distance to all rows, whatever the seed: 12, 20, 20, 14,
+  // 14 (squared 144, 400, 400, 196, 196). Pick 1: row 1 (400, tie with row 2, lower index).
+  // Distances to position 0 lower rows 3 (to 100). Pick 2: row 2 (400); row 4 drops to 100.
+  // Pick 3: row 0 (144 > 100). Rows 3 and 4 tie at 100: pick 4 is row 3.
+  Tensor x({5, 1});
+  x.data = {20, 0, 40, 10, 30};
+  for (uint64_t seed : {0, 1, 2, 99}) {
+    auto p = params(0.99, 128, seed);
+    p.start_points = 100;
+    EXPECT_EQ(greedy_coreset(x, p), (std::vector<int64_t>{1, 2, 0, 3}));
+    EXPECT_EQ(greedy_coreset_reference(x, p), (std::vector<int64_t>{1, 2, 0, 3}));
+  }
+}
+
+TEST(Coreset, OneStartPointCases) {
+  // A = rows 0, 2 at (0, 0); B = rows 1, 3 at (100, 0); M = row 4 at (50, 1). One start row s
+  // (not selected). s in A: start distances A 0, B 100, M |M-A|: picks B (row 1), then M
+  // (|M-B| = |M-A|), then every distance is 0 and the lowest index, row 0, is picked. s in B:
+  // row 0, then M, then row 0 again (re-picks are the algorithm's, once everything is covered).
+  // s = M: A and B start at |M-A|; row 0, then row 1 (B is 100 from A, start cap |M-A|), then 0.
+  const std::set<std::vector<int64_t>> possible = {{1, 4, 0}, {0, 4, 0}, {0, 1, 0}};
+  Tensor x({5, 2});
+  x.data = {0, 0, 100, 0, 0, 0, 100, 0, 50, 1};
+  std::set<std::vector<int64_t>> seen;
+  for (uint64_t seed = 0; seed < 16; ++seed) {
+    auto p = params(0.6, 128, seed);  // floor(3.0) = 3 picks
+    p.start_points = 1;
+    const auto picks = greedy_coreset(x, p);
+    EXPECT_EQ(picks, greedy_coreset_reference(x, p));
+    EXPECT_TRUE(possible.count(picks)) << "seed " << seed;
+    seen.insert(picks);
+  }
+  EXPECT_GE(seen.size(), 2u) << "the seed never changed the start row";
+}
+
+TEST(Coreset, RatioOneKeepsEveryRowInOrder) {
+  const Tensor x = random_matrix(50, 300, 1);
+  for (double ratio : {1.0, 2.5}) {
+    std::vector<int64_t> all(50);
+    std::iota(all.begin(), all.end(), int64_t{0});
+    EXPECT_EQ(greedy_coreset(x, params(ratio, 128, 0)), all);
+    EXPECT_EQ(greedy_coreset_reference(x, params(ratio, 128, 0)), all);
+  }
+}
+
+TEST(Coreset, TinyInputs) {
+  Tensor one({1, 4});
+  one.data = {1, 2, 3, 4};
+  EXPECT_EQ(greedy_coreset(one, params(0.01, 128, 0)), (std::vector<int64_t>{0}));
+  const Tensor three = random_matrix(3, 2, 5);
+  for (double ratio : {0.01, 0.5, 0.7}) {
+    const auto p = params(ratio, 128, 0);
+    const auto fast = greedy_coreset(three, p);
+    EXPECT_EQ(fast.size(), ratio < 0.6 ? 1u : 2u);
+    EXPECT_EQ(fast, greedy_coreset_reference(three, p));
+  }
+  EXPECT_TRUE(greedy_coreset(Tensor({0, 8}), params(0.1, 128, 0)).empty());
+}
+
+TEST(Coreset, DeterministicAcrossRunsAndThreadCounts) {
+  // 16384 x 128 projected floats: large enough for the multi-threaded pass.
+  const Tensor x = clustered(16384, 160, 21);
+  const auto a = greedy_coreset(x, params(0.01, 128, 5, 1));
+  EXPECT_EQ(a, greedy_coreset(x, params(0.01, 128, 5, 1)));
+  EXPECT_EQ(a, greedy_coreset(x, params(0.01, 128, 5, 2)));
+  EXPECT_EQ(a, greedy_coreset(x, params(0.01, 128, 5, 3)));
+  EXPECT_EQ(a, greedy_coreset_reference(x, params(0.01, 128, 5, 2)));
+}
+
+TEST(Coreset, SeedChangesThePicks) {
+  const Tensor x = random_matrix(2000, 200, 22);
+  const auto a = greedy_coreset(x, params(0.02, 128, 0));
+  const auto b = greedy_coreset(x, params(0.02, 128, 1));
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_NE(a, b);
+}
+
+TEST(Coreset, ProgressCountsUpToTotal) {
+  const Tensor x = random_matrix(3000, 20, 23);
+  std::vector<int64_t> done;
+  int64_t total_seen = -1;
+  const auto picks = greedy_coreset(x, params(0.1, 128, 0), [&](int64_t d, int64_t total) {
+    done.push_back(d);
+    total_seen = total;
+  });
+  ASSERT_FALSE(done.empty());
+  EXPECT_EQ(total_seen, 300);
+  EXPECT_EQ(done.back(), 300);
+  EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
+  EXPECT_EQ(std::adjacent_find(done.begin(), done.end()), done.end());
+  EXPECT_EQ(picks.size(), 300u);
+}
+
+TEST(Coreset, RejectsBadParameters) {
+  const Tensor x = random_matrix(10, 4, 24);
+  auto expect_usage = [&](const CoresetParams& p) {
+    try {
+      greedy_coreset(x, p);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::usage);
+    }
+  };
+  expect_usage(params(0.0, 128, 0));
+  expect_usage(params(-1.0, 128, 0));
+  expect_usage(params(std::nan(""), 128, 0));
+  expect_usage(params(0.5, 0, 0));
+  auto p = params(0.5, 128, 0);
+  p.start_points = 0;
+  expect_usage(p);
+  Tensor bad = x;
+  bad.data[7] = std::nanf("");
+  EXPECT_THROW(greedy_coreset(bad, params(0.5, 128, 0)), Error);
+  EXPECT_THROW(greedy_coreset(Tensor({10}), params(0.5, 128, 0)), Error);
+}
+
+TEST(CoresetProjection, GaussianWithTheRightScaleAndSeeded) {
+  const auto m = coreset_projection_matrix(512, 128, 9);
+  ASSERT_EQ(m.size(), 512u * 128u);
+  double sum = 0, sq = 0;
+  for (float v : m) {
+    sum += v;
+    sq += double(v) * v;
+  }
+  const double mean = sum / m.size();
+  const double var = sq / m.size() - mean * mean;
+  EXPECT_NEAR(mean, 0.0, 0.01 / std::sqrt(128.0));
+  EXPECT_NEAR(var * 128.0, 1.0, 0.03);
+  EXPECT_EQ(m, coreset_projection_matrix(512, 128, 9));
+  EXPECT_NE(m, coreset_projection_matrix(512, 128, 10));
+  // Odd sizes use half a Box-Muller pair at the end.
+  EXPECT_EQ(coreset_projection_matrix(3, 5, 1).size(), 15u);
+}
+
+TEST(CoresetProjection, MatchesADoubleProductAndIgnoresThreads) {
+  const Tensor x = random_matrix(103, 300, 30);  // row and column counts off the 4 x 16 blocks
+  for (int pd : {128, 37}) {
+    const auto m = coreset_projection_matrix(300, pd, 4);
+    const Tensor z1 = coreset_project(x, m, pd, 1);
+    const Tensor z2 = coreset_project(x, m, pd, 2);
+    ASSERT_EQ(z1.shape, (std::vector<int64_t>{103, pd}));
+    EXPECT_EQ(z1.data, z2.data);
+    for (int64_t i = 0; i < 103; ++i)
+      for (int j = 0; j < pd; ++j) {
+        double ref = 0, mag = 0;
+        for (int k = 0; k < 300; ++k) {
+          ref += double(x.row(i)[k]) * m[k * pd + j];
+          mag += std::fabs(double(x.row(i)[k]) * m[k * pd + j]);
+        }
+        ASSERT_NEAR(z1.row(i)[j], ref, 1e-5 * mag);
+      }
+  }
+}
+
+TEST(CoresetDistance, WithinItsErrorBound) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int64_t d : {1, 15, 16, 17, 128, 1000}) {
+    std::vector<float> a(d), b(d);
+    for (int rep = 0; rep < 20; ++rep) {
+      for (auto& v : a) v = g(rng);
+      for (auto& v : b) v = 100.0f + g(rng);
+      double exact = 0;
+      for (int64_t j = 0; j < d; ++j) exact += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
+      const double bound = 2.0 * ((d + 15) / 16 + 6) * std::ldexp(1.0, -24);
+      EXPECT_LE(std::fabs(coreset_sq_distance(a.data(), b.data(), d) - exact), bound * exact);
+    }
+    EXPECT_EQ(coreset_sq_distance(a.data(), a.data(), d), 0.0f);
+  }
+  const float u[3] = {1, 2, 3}, v[3] = {4, 6, 3};
+  EXPECT_EQ(coreset_sq_distance(u, v, 3), 25.0f);
+}
+
+// Not run by default (--gtest_also_run_disabled_tests): the numbers in the report.
+TEST(Coreset, DISABLED_Benchmark) {
+  for (int64_t n : {int64_t{200000}}) {  // synthetic clusters, 1 % picks
+    const Tensor x = clustered(n, 128, 77);
+    for (int threads : {1, 2}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto picks = greedy_coreset(x, params(0.01, 128, 0, threads));
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("n=%lld picks=%zu threads=%d: %.2f s\n", static_cast<long long>(n), picks.size(),
+                  threads, s);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace patchcore

@@ -1,0 +1,174 @@
+#include "knn.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "patchcore/patchcore.h"
+
+namespace patchcore {
+namespace {
+
+Tensor random_matrix(int64_t rows, int64_t cols, uint32_t seed) {
+  Tensor t({rows, cols});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (float& v : t.data) v = g(rng);
+  return t;
+}
+
+double exact_sq(const float* a, const float* b, int64_t d) {
+  double s = 0;
+  for (int64_t j = 0; j < d; ++j) s += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
+  return s;
+}
+
+struct Result {
+  std::vector<float> dist;
+  std::vector<int64_t> idx;
+};
+
+Result run(const NearestNeighbors& nn, const Tensor& q, int k) {
+  Result r{std::vector<float>(q.dim(0) * k), std::vector<int64_t>(q.dim(0) * k)};
+  nn.search(q.ptr(), q.dim(0), k, r.dist.data(), r.idx.data());
+  return r;
+}
+
+Result run_reference(const Tensor& bank, const Tensor& q, int k) {
+  Result r{std::vector<float>(q.dim(0) * k), std::vector<int64_t>(q.dim(0) * k)};
+  knn_reference(bank, q.ptr(), q.dim(0), k, r.dist.data(), r.idx.data());
+  return r;
+}
+
+// FAISS may swap neighbours whose distances differ by less than its rounding; everything else
+// must match the brute force exactly, and every returned distance must be that index's true one.
+void expect_matches_reference(const Tensor& bank, const Tensor& q, int k, const Result& got) {
+  const Result ref = run_reference(bank, q, k);
+  const int64_t d = bank.dim(1);
+  int swapped = 0;
+  for (int64_t i = 0; i < q.dim(0); ++i)
+    for (int j = 0; j < k; ++j) {
+      const int64_t at = i * k + j;
+      ASSERT_GE(got.idx[at], 0);
+      ASSERT_LT(got.idx[at], bank.dim(0));
+      EXPECT_EQ(got.dist[at], static_cast<float>(exact_sq(q.row(i), bank.row(got.idx[at]), d)));
+      if (j > 0) {
+        EXPECT_LE(got.dist[at - 1], got.dist[at]);
+      }
+      if (got.idx[at] != ref.idx[at]) {
+        ++swapped;
+        EXPECT_NEAR(got.dist[at], ref.dist[at], 1e-5 * (1.0 + ref.dist[at]));
+      } else {
+        EXPECT_EQ(got.dist[at], ref.dist[at]);
+      }
+    }
+  EXPECT_LE(swapped, q.dim(0) * k / 100) << "too many neighbours differ from the brute force";
+}
+
+TEST(Knn, MatchesBruteForceOnRandomData) {
+  struct Case {
+    int64_t m, n, d;
+    int k;
+  };
+  // n < 20 takes FAISS's direct path, n >= 20 the BLAS one.
+  for (const Case& c : {Case{1, 3, 1, 1}, Case{50, 7, 3, 5}, Case{300, 19, 64, 1},
+                        Case{300, 20, 64, 3}, Case{1500, 257, 130, 9}, Case{2000, 64, 1024, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "m=" << c.m << " n=" << c.n << " d=" << c.d << " k=" << c.k);
+    const Tensor bank = random_matrix(c.m, c.d, 1);
+    const Tensor q = random_matrix(c.n, c.d, 2);
+    NearestNeighbors nn(bank, 2);
+    EXPECT_EQ(nn.size(), c.m);
+    EXPECT_EQ(nn.dim(), c.d);
+    expect_matches_reference(bank, q, c.k, run(nn, q, c.k));
+  }
+}
+
+TEST(Knn, QueryEqualToBankRowHasDistanceZero) {
+  // Large norms make the ||q||^2 - 2 q.b + ||b||^2 expansion lose the small distances.
+  Tensor bank = random_matrix(500, 256, 3);
+  for (float& v : bank.data) v = 10.0f + 3.0f * v;
+  Tensor q({40, 256});
+  for (int64_t i = 0; i < 40; ++i)
+    std::copy(bank.row(i * 7), bank.row(i * 7) + 256, q.row(i));
+  NearestNeighbors nn(bank, 2);
+  const Result r = run(nn, q, 2);
+  for (int64_t i = 0; i < 40; ++i) {
+    EXPECT_EQ(r.dist[i * 2], 0.0f);
+    EXPECT_EQ(r.idx[i * 2], i * 7);
+    EXPECT_GT(r.dist[i * 2 + 1], 0.0f);
+  }
+  expect_matches_reference(bank, q, 2, r);
+}
+
+TEST(Knn, DuplicateBankRowsComeInIndexOrder) {
+  Tensor bank = random_matrix(100, 16, 4);
+  for (int64_t dup : {10, 55, 99}) std::copy(bank.row(3), bank.row(3) + 16, bank.row(dup));
+  for (int64_t n : {1, 30}) {  // both FAISS paths
+    Tensor q({n, 16});
+    for (int64_t i = 0; i < n; ++i) std::copy(bank.row(3), bank.row(3) + 16, q.row(i));
+    NearestNeighbors nn(bank, 1);
+    const Result r = run(nn, q, 5);
+    for (int64_t i = 0; i < n; ++i) {
+      const std::vector<int64_t> first4(r.idx.begin() + i * 5, r.idx.begin() + i * 5 + 4);
+      EXPECT_EQ(first4, (std::vector<int64_t>{3, 10, 55, 99}));
+      for (int j = 0; j < 4; ++j) EXPECT_EQ(r.dist[i * 5 + j], 0.0f);
+      EXPECT_GT(r.dist[i * 5 + 4], 0.0f);
+    }
+    expect_matches_reference(bank, q, 5, r);
+  }
+}
+
+TEST(Knn, ThreadCountDoesNotChangeTheAnswer) {
+  const Tensor bank = random_matrix(3000, 96, 5);
+  const Tensor q = random_matrix(500, 96, 6);
+  const Result one = run(NearestNeighbors(bank, 1), q, 4);
+  const Result two = run(NearestNeighbors(bank, 2), q, 4);
+  EXPECT_EQ(one.idx, two.idx);
+  EXPECT_EQ(one.dist, two.dist);
+}
+
+TEST(Knn, HandComputedNeighbours) {
+  Tensor bank({4, 2});
+  bank.data = {0, 0, 3, 4, 1, 1, -2, 0};
+  const std::vector<float> q = {0, 0, 3, 3};
+  NearestNeighbors nn(bank, 1);
+  std::vector<float> dist(6);
+  std::vector<int64_t> idx(6);
+  nn.search(q.data(), 2, 3, dist.data(), idx.data());
+  EXPECT_EQ(idx, (std::vector<int64_t>{0, 2, 3, 1, 2, 0}));
+  EXPECT_EQ(dist, (std::vector<float>{0, 2, 4, 1, 8, 18}));
+}
+
+TEST(Knn, RejectsBadArguments) {
+  NearestNeighbors nn(random_matrix(5, 3, 7), 1);
+  const Tensor q = random_matrix(2, 3, 8);
+  std::vector<float> dist(12);
+  std::vector<int64_t> idx(12);
+  for (int k : {0, 6}) {
+    try {
+      nn.search(q.ptr(), 2, k, dist.data(), idx.data());
+      ADD_FAILURE() << "k = " << k << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::usage);
+    }
+  }
+  EXPECT_THROW(knn_reference(nn.bank(), q.ptr(), 2, 6, dist.data(), idx.data()), Error);
+  EXPECT_THROW(NearestNeighbors(Tensor({5}), 1), Error);
+  nn.search(q.ptr(), 0, 5, dist.data(), idx.data());  // no queries: nothing to do
+}
+
+TEST(Knn, MoveKeepsTheBank) {
+  NearestNeighbors a(random_matrix(20, 4, 9), 1);
+  NearestNeighbors b(std::move(a));
+  EXPECT_EQ(b.size(), 20);
+  NearestNeighbors c(random_matrix(3, 4, 10), 1);
+  c = std::move(b);
+  EXPECT_EQ(c.size(), 20);
+  const Tensor q = random_matrix(3, 4, 11);
+  expect_matches_reference(c.bank(), q, 2, run(c, q, 2));
+}
+
+}  // namespace
+}  // namespace patchcore

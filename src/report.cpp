@@ -238,7 +238,9 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       paths.push_back(labelled[i].image);
       by_path[labelled[i].image] = &labelled[i];
     }
-    std::vector<Prediction> preds = model.predict(paths, callbacks);
+    Callbacks quiet = callbacks;  // progress is reported per evaluation, not per batch
+    quiet.progress = nullptr;
+    std::vector<Prediction> preds = model.predict(paths, quiet);
     for (Prediction& p : preds) {
       const Sample& s = *by_path.at(p.path);
       Row row{s, p.score, p.normalized_score, p.anomalous, "", ""};
@@ -277,6 +279,9 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       }
       rows.push_back(std::move(row));
     }
+    if (callbacks.progress)
+      callbacks.progress("evaluate", static_cast<int64_t>(std::min(labelled.size(), start + bs)),
+                         static_cast<int64_t>(labelled.size()));
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

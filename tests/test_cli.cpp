@@ -20,7 +20,7 @@ using patchcore::testing::write_bytes;
 
 namespace {
 
-struct Run {
+struct CmdResult {
   int code = -1;
   std::string out, err;
 };
@@ -31,13 +31,13 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
-Run run(const TempDir& tmp, const std::vector<std::string>& args) {
+CmdResult run(const TempDir& tmp, const std::vector<std::string>& args) {
   std::string cmd = quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore");
   for (const auto& a : args) cmd += " " + quote(a);
   const fs::path out = tmp / "stdout.txt", err = tmp / "stderr.txt";
   cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
   const int status = std::system(cmd.c_str());
-  Run r;
+  CmdResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = read_bytes(out);
   r.err = read_bytes(err);
@@ -51,13 +51,13 @@ class Cli : public ::testing::Test {
     if (patchcore::testing::built_backbones_dir().empty()) return;
     tmp_ = new TempDir();
     patchcore::SyntheticParams p;
-    p.size = 96;
-    p.n_train = 12;
+    p.size = 128;
+    p.n_train = 16;
     p.n_test_good = 6;
     p.n_per_defect = 4;
     patchcore::write_synthetic_dataset(data(), p);
-    fit_ = new Run(run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(),
-                               "--backbone", "mobilenet_v2", "--image-size", "128",
+    fit_ = new CmdResult(run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(),
+                               "--backbone", "mobilenet_v2", "--image-size", "160",
                                "--coreset-ratio", "0.1"}));
   }
   static void TearDownTestSuite() {
@@ -73,19 +73,19 @@ class Cli : public ::testing::Test {
   static fs::path data() { return tmp_->path() / "data"; }
   static fs::path model() { return tmp_->path() / "model.patchcore"; }
   static TempDir* tmp_;
-  static Run* fit_;
+  static CmdResult* fit_;
   TempDir local_;
 };
 TempDir* Cli::tmp_ = nullptr;
-Run* Cli::fit_ = nullptr;
+CmdResult* Cli::fit_ = nullptr;
 
 TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
-  Run r = run(local_, {"info", model().string()});
+  CmdResult r = run(local_, {"info", model().string()});
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["format"], "patchcore");
   EXPECT_EQ(j["backbone"]["layers"][0], "block_5_expand_relu");
-  EXPECT_EQ(j["params"]["image_size"], 128);
+  EXPECT_EQ(j["params"]["image_size"], 160);
   EXPECT_GT(j["memory_bank"]["rows"].get<int>(), 0);
   EXPECT_EQ(j["calibration"]["source"], "holdout");
   EXPECT_GT(j["calibration"]["image_threshold"].get<double>(), 0);
@@ -96,7 +96,7 @@ TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
 
 TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
   const fs::path out = local_ / "eval";
-  Run r = run(local_, {"eval", "--model", model().string(), "--data", data().string(), "--out",
+  CmdResult r = run(local_, {"eval", "--model", model().string(), "--data", data().string(), "--out",
                        out.string()});
   ASSERT_EQ(r.code, 0) << r.err;
   auto m = nlohmann::json::parse(read_bytes(out / "metrics.json"));
@@ -111,13 +111,13 @@ TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 6 + 3 * 4);
   EXPECT_TRUE(fs::exists(out / "report.html"));
   cv::Mat overlay = cv::imread((out / "images" / "spot" / "000.png").string());
-  EXPECT_EQ(overlay.rows, 96);
+  EXPECT_EQ(overlay.rows, 128);
   EXPECT_NE(r.out.find("image AUROC"), std::string::npos);
 }
 
 TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
   const fs::path out = local_ / "pred";
-  Run r = run(local_, {"predict", "--model", model().string(), "--out", out.string(),
+  CmdResult r = run(local_, {"predict", "--model", model().string(), "--out", out.string(),
                        (data() / "test" / "good" / "000.png").string(),
                        (data() / "test" / "spot").string()});
   ASSERT_EQ(r.code, 0) << r.err;
@@ -137,8 +137,8 @@ TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
 
 TEST_F(Cli, PredictThresholdOverridesTheModel) {
   const std::string img = (data() / "test" / "good" / "000.png").string();
-  Run low = run(local_, {"predict", "--model", model().string(), "--threshold", "0", img});
-  Run high = run(local_, {"predict", "--model", model().string(), "--threshold", "1e9", img});
+  CmdResult low = run(local_, {"predict", "--model", model().string(), "--threshold", "0", img});
+  CmdResult high = run(local_, {"predict", "--model", model().string(), "--threshold", "1e9", img});
   ASSERT_EQ(low.code, 0) << low.err;
   ASSERT_EQ(high.code, 0) << high.err;
   EXPECT_EQ(nlohmann::json::parse(low.out)["label"], "anomalous");
@@ -149,7 +149,7 @@ TEST_F(Cli, UnreadableImageIsReportedSkippedAndFlagged) {
   const fs::path bad = local_ / "broken.png";
   write_bytes(bad, "this is not a png");
   const std::string good = (data() / "test" / "good" / "000.png").string();
-  Run r = run(local_, {"predict", "--model", model().string(), bad.string(), good});
+  CmdResult r = run(local_, {"predict", "--model", model().string(), bad.string(), good});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("broken.png"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("000.png"), std::string::npos) << "the good image is still scored";
@@ -163,7 +163,7 @@ TEST_F(Cli, FitSkipsACorruptTrainingImage) {
                   folder / (std::to_string(i) + ".png"));
   std::string png = read_bytes(folder / "0.png");
   write_bytes(folder / "0.png", png.substr(0, png.size() / 2));  // truncated
-  Run r = run(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
+  CmdResult r = run(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
                        "--backbone", "mobilenet_v2", "--image-size", "64"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("0.png"), std::string::npos) << r.err;
@@ -172,7 +172,7 @@ TEST_F(Cli, FitSkipsACorruptTrainingImage) {
 
 TEST_F(Cli, BadInputGivesExitCode3AndNamesTheFile) {
   const fs::path missing = local_ / "nowhere";
-  Run r = run(local_, {"fit", "--data", missing.string(), "--out", (local_ / "m").string()});
+  CmdResult r = run(local_, {"fit", "--data", missing.string(), "--out", (local_ / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("nowhere"), std::string::npos) << r.err;
 
@@ -220,7 +220,7 @@ TEST_F(Cli, DamagedModelFilesAreRejectedWithExitCode3) {
   for (const Case& c : cases) {
     const fs::path file = local_ / (c.name + ".patchcore");
     write_bytes(file, c.bytes);
-    Run r = run(local_, {"predict", "--model", file.string(), img.string()});
+    CmdResult r = run(local_, {"predict", "--model", file.string(), img.string()});
     EXPECT_EQ(r.code, 3) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(file.filename().string()), std::string::npos) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.name << ": " << r.err;
@@ -239,7 +239,7 @@ TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
   bytes[middle] = static_cast<char>(bytes[middle] ^ 0x5a);
   const fs::path file = local_ / "swapped.patchcore";
   write_bytes(file, bytes);
-  Run r = run(local_, {"predict", "--model", file.string(),
+  CmdResult r = run(local_, {"predict", "--model", file.string(),
                        (data() / "test" / "good" / "000.png").string()});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find("backbone"), std::string::npos) << r.err;
@@ -249,10 +249,10 @@ TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
 TEST_F(Cli, EvalSaveThresholdRewritesTheModelAtomically) {
   const fs::path copy = local_ / "copy.patchcore";
   fs::copy_file(model(), copy);
-  Run r = run(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
+  CmdResult r = run(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
                        (local_ / "e").string(), "--no-images", "--save-threshold"});
   ASSERT_EQ(r.code, 0) << r.err;
-  Run info = run(local_, {"info", copy.string()});
+  CmdResult info = run(local_, {"info", copy.string()});
   ASSERT_EQ(info.code, 0);
   auto j = nlohmann::json::parse(info.out);
   EXPECT_EQ(j["calibration"]["source"], "f1");

@@ -22,6 +22,9 @@ class Backbone {
   /// layers(). Each image's features are the same whatever else is in the batch.
   virtual std::vector<Tensor> forward(const Tensor& batch) = 0;
   virtual const std::vector<std::string>& layers() const = 0;
+  /// Floating-point operations of one forward pass on a height x width image (multiply-adds
+  /// count two), for benchmarks; 0 when the engine cannot tell.
+  virtual double flops_per_image(int height, int width) = 0;
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not

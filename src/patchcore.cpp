@@ -287,6 +287,11 @@ const Calibration& Model::calibration() const { return impl_->calibration; }
 void Model::set_calibration(const Calibration& c) { impl_->calibration = c; }
 int Model::map_size() const { return impl_->input_size(); }
 
+double Model::backbone_flops_per_image() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->net().flops_per_image(impl_->input_size(), impl_->input_size());
+}
+
 void Model::set_threads(int threads) {
   if (threads < 0) throw_usage("--threads must be >= 0");
   impl_->params.threads = threads;

@@ -119,6 +119,14 @@ void add_bench(CLI::App& app) {
       const double flops = 2.0 * grid * bank_rows * dim * static_cast<double>(knn->second.second);
       pj["knn_gflops"] = flops / knn->second.first / 1e9;
     }
+    const double flops = model.backbone_flops_per_image();
+    for (json* phase : {&out["fit"], &pj}) {
+      json& st = (*phase)["stages"];
+      if (flops > 0 && st.contains("backbone") && st["backbone"]["seconds"].get<double>() > 0)
+        st["backbone"]["gflops"] = flops * st["backbone"]["items"].get<double>() /
+                                   st["backbone"]["seconds"].get<double>() / 1e9;
+    }
+    out["backbone"]["gflop_per_image"] = flops / 1e9;
     out["predict"] = pj;
     out["peak_rss_mb"] = peak_rss_mb();
     std::cout << out.dump(2) << "\n";

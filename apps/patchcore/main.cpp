@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   patchcore::cli::add_info(app);
   patchcore::cli::add_demo(app);
   patchcore::cli::add_bench(app);
+  patchcore::cli::add_import(app);
+  patchcore::cli::add_features(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

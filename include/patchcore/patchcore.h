@@ -146,6 +146,9 @@ class Model {
   std::string info_json() const;
   /// Side of the square the anomaly maps have (the network input size or the crop).
   int map_size() const;
+  /// Floating-point operations of the backbone per image (multiply-adds count two), for
+  /// benchmarks; 0 when unknown.
+  double backbone_flops_per_image() const;
   /// Sets the thread count for later predictions (0: all cores).
   void set_threads(int threads);
 

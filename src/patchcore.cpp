@@ -34,7 +34,8 @@ const char* to_string(EmbeddingMode m) { return m == EmbeddingMode::paper ? "pap
 const char* to_string(Upsample u) { return u == Upsample::bilinear ? "bilinear" : "nearest"; }
 
 json params_to_json(const Params& p) {
-  return json{{"backbone", p.backbone},
+  return json{{"preset", p.preset},
+              {"backbone", p.backbone},
               {"layers", p.layers},
               {"normalization", p.normalization},
               {"image_size", p.image_size},
@@ -58,6 +59,7 @@ json params_to_json(const Params& p) {
 
 Params params_from_json(const json& j) {
   Params p;
+  p.preset = j.value("preset", "");
   p.backbone = j.at("backbone").get<std::string>();
   p.layers = j.at("layers").get<std::vector<std::string>>();
   p.normalization = j.at("normalization").get<std::string>();

@@ -54,6 +54,7 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
 
 Params resolve_fit_options(const FitOptions& o) {
   Params p;
+  p.preset = o.preset;
   if (o.preset == "paper") {
     // The authors' reference code: resize 256, centre crop 224, squared L2 from FAISS.
     p.image_size = 256;

@@ -57,6 +57,9 @@ enum class EmbeddingMode {
 enum class Upsample { bilinear, nearest };
 
 struct Params {
+  /// "paper", "anomalib" or "" (this project's defaults); recorded for `info`. Applying a
+  /// preset's values is the caller's job (the CLI's --preset).
+  std::string preset;
   /// Built-in name ("inception_v3", "mobilenet_v2") or the path of an ONNX file.
   std::string backbone = "inception_v3";
   /// Layers to take features from, shallow to deep; empty: the backbone's defaults.

@@ -1,6 +1,7 @@
 #include "overlay.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <opencv2/imgproc.hpp>
 
@@ -28,12 +29,30 @@ cv::Mat map_to_image(const AnomalyMap& map, const cv::Size& image_size, const Pr
   return out;
 }
 
+HeatScale heat_scale(const Calibration& c) {
+  double half = (c.max_score - c.min_score) / 2;
+  if (!(half > 0) || !std::isfinite(half)) half = 0;
+  return {c.pixel_threshold - half, c.pixel_threshold, c.pixel_threshold + half};
+}
+
 cv::Mat heatmap_overlay(const cv::Mat& rgb, const cv::Mat& image_map, const Calibration& c) {
+  return heatmap_overlay(rgb, image_map, c, heat_scale(c));
+}
+
+cv::Mat heatmap_overlay(const cv::Mat& rgb, const cv::Mat& image_map, const Calibration& c,
+                        const HeatScale& s) {
+  const double below = s.threshold - s.lo, above = s.hi - s.threshold;
+  auto level = [&](double v) {
+    if (v < s.threshold) return below > 0 ? std::max(0.0, 0.5 - 0.5 * (s.threshold - v) / below)
+                                          : 0.0;
+    if (v > s.threshold) return above > 0 ? std::min(1.0, 0.5 + 0.5 * (v - s.threshold) / above)
+                                          : 1.0;
+    return 0.5;
+  };
   cv::Mat norm(image_map.size(), CV_8U);
   for (int y = 0; y < image_map.rows; ++y)
     for (int x = 0; x < image_map.cols; ++x)
-      norm.at<uchar>(y, x) = cv::saturate_cast<uchar>(
-          255.0 * normalize_score(image_map.at<float>(y, x), c.pixel_threshold, c));
+      norm.at<uchar>(y, x) = cv::saturate_cast<uchar>(255.0 * level(image_map.at<float>(y, x)));
   cv::Mat colour, bgr, out;
   cv::applyColorMap(norm, colour, cv::COLORMAP_JET);
   cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);

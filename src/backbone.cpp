@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "error.h"
+#include "file_io.h"
 #include "keras_onnx.h"
 #include "sha256.h"
 
@@ -141,15 +142,6 @@ class OpenCvBackbone : public Backbone {
   int threads_;
   cv::dnn::Net net_;
 };
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_bad_input(file.string(), "cannot open the file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) throw_bad_input(file.string(), "read error");
-  return s.str();
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&

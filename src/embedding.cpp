@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "error.h"
+#include "resample.h"
 
 namespace patchcore {
 namespace {
@@ -40,25 +41,6 @@ std::vector<Shape> check_features(const std::vector<Tensor>& features) {
     shapes.push_back(s);
   }
   return shapes;
-}
-
-// Bilinear resampling of one axis with align_corners = false and no antialiasing, the rule of
-// torch's F.interpolate: src = (dst + 0.5) * in / out - 0.5, clamped below at 0.
-struct Lerp {
-  int i0 = 0, i1 = 0;
-  float w0 = 1, w1 = 0;
-};
-
-std::vector<Lerp> lerp_table(int64_t in, int64_t out) {
-  std::vector<Lerp> t(out);
-  const double scale = static_cast<double>(in) / static_cast<double>(out);
-  for (int64_t d = 0; d < out; ++d) {
-    const double src = std::max(0.0, (static_cast<double>(d) + 0.5) * scale - 0.5);
-    const int i0 = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(src), in - 1));
-    const double l1 = std::min(src - i0, 1.0);
-    t[d] = {i0, i0 < in - 1 ? i0 + 1 : i0, static_cast<float>(1.0 - l1), static_cast<float>(l1)};
-  }
-  return t;
 }
 
 // Output channel t of a layer's contribution = sum of weight * input channel c shifted by

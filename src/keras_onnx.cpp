@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "error.h"
+#include "file_io.h"
 #include "sha256.h"
 
 namespace patchcore {
@@ -24,15 +25,6 @@ static_assert(std::endian::native == std::endian::little,
               "weights.bin and ONNX raw_data are little-endian; a big-endian host needs swaps");
 
 namespace {
-
-std::string read_whole_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_bad_input(file.string(), "cannot open the file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) throw_bad_input(file.string(), "read error");
-  return s.str();
-}
 
 const json* find_layers(const json& doc) {
   if (!doc.is_object() || !doc.contains("modelTopology")) return nullptr;
@@ -58,7 +50,7 @@ KerasModel load_keras_model(const fs::path& dir) {
 
   json doc;
   try {
-    doc = json::parse(read_whole_file(json_path));
+    doc = json::parse(read_file(json_path));
   } catch (const json::exception& e) {
     throw_bad_input(json_path.string(), std::string("not valid JSON: ") + e.what());
   }
@@ -70,7 +62,7 @@ KerasModel load_keras_model(const fs::path& dir) {
     throw_bad_input(json_path.string(), "no \"weights\" table");
   }
 
-  const std::string bytes = read_whole_file(bin_path);
+  const std::string bytes = read_file(bin_path);
   if (bytes.size() % sizeof(float) != 0) {
     throw_bad_input(bin_path.string(), "size " + std::to_string(bytes.size()) +
                                            " is not a whole number of float32 values");

@@ -7,28 +7,10 @@
 #include <string>
 
 #include "error.h"
+#include "resample.h"
 
 namespace patchcore {
 namespace {
-
-// Bilinear resampling of one axis, align_corners = false, no antialiasing (torch's rule):
-// src = (dst + 0.5) * in / out - 0.5, clamped below at 0.
-struct Lerp {
-  int i0 = 0, i1 = 0;
-  float w0 = 1, w1 = 0;
-};
-
-std::vector<Lerp> lerp_table(int in, int out) {
-  std::vector<Lerp> t(out);
-  const double scale = static_cast<double>(in) / static_cast<double>(out);
-  for (int d = 0; d < out; ++d) {
-    const double src = std::max(0.0, (static_cast<double>(d) + 0.5) * scale - 0.5);
-    const int i0 = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(src), in - 1));
-    const double l1 = std::min(src - i0, 1.0);
-    t[d] = {i0, i0 < in - 1 ? i0 + 1 : i0, static_cast<float>(1.0 - l1), static_cast<float>(l1)};
-  }
-  return t;
-}
 
 // Nearest source index floor(dst * in / out), in exact integer arithmetic (torch computes it
 // with a float scale, which can differ by one in rare cases where dst * in / out is an integer).

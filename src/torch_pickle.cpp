@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "error.h"
+#include "file_io.h"
 
 namespace patchcore {
 
@@ -845,17 +846,6 @@ StateDict parse_legacy(std::string_view bytes, const std::string& where) {
     pos += n;
   }
   return collect(u, root, storages, swap, where);
-}
-
-std::string read_file(const fs::path& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) throw_bad_input(file.string(), "no such file");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_bad_input(file.string(), "cannot open the file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) throw_bad_input(file.string(), "read error");
-  return s.str();
 }
 
 }  // namespace

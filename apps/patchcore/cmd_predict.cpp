@@ -42,7 +42,6 @@ void add_predict(CLI::App& app) {
       model.set_calibration(c);
     }
     std::vector<fs::path> images;
-    int missing = 0;
     for (const std::string& p : s->paths) {
       if (fs::is_directory(p)) {
         for (const fs::path& f : list_images(p)) images.push_back(f);
@@ -92,7 +91,6 @@ void add_predict(CLI::App& app) {
         std::cout << j.dump() << "\n" << std::flush;
       }
     }
-    (void)missing;
     if (skipped > 0) {
       cb.log(LogLevel::warning, std::to_string(skipped) + " of " + std::to_string(images.size()) +
                                     " images could not be read (see above)");

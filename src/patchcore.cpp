@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <cmath>
 #include <mutex>
 #include <numeric>
@@ -126,6 +128,32 @@ void apply_threads(int threads) {
   const int n = threads > 0 ? threads : std::max(1, omp_get_num_procs());
   omp_set_num_threads(n);
   cv::setNumThreads(n);
+}
+
+// Available memory as the kernel estimates it; 0 when unknown.
+double available_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  double kib = 0;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024.0;
+  return 0;
+}
+
+// Fails before hours of feature extraction when the bank cannot fit: every training patch is
+// held until the coreset is chosen, plus the coreset's projection of it.
+void check_memory(double bank_bytes, int proj_dim, int64_t rows) {
+  const double need = bank_bytes + static_cast<double>(rows) * proj_dim * 4.0 * 2.0;
+  const double have = available_bytes();
+  if (have > 0 && need > 0.9 * have) {
+    char msg[400];
+    std::snprintf(msg, sizeof msg,
+                  "the memory bank before subsampling needs about %.1f GB (%lld patches) but "
+                  "only %.1f GB of memory is available; use fewer or smaller images "
+                  "(--image-size) or a backbone with a coarser grid",
+                  need / 1e9, static_cast<long long>(rows), have / 1e9);
+    throw_bad_input("(training set)", msg);
+  }
 }
 
 void log(const Callbacks& cb, LogLevel level, const std::string& message) {
@@ -376,6 +404,8 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
         m.grid_h = e.grid_h;
         m.grid_w = e.grid_w;
         rows_per_image = static_cast<int64_t>(m.grid_h) * m.grid_w;
+        check_memory(static_cast<double>(rows_per_image) * dim * 4.0 * static_cast<double>(n),
+                     params.coreset_dim, rows_per_image * static_cast<int64_t>(n));
         all.reserve(static_cast<size_t>(rows_per_image * dim) * n);
       }
       all.insert(all.end(), e.patches.data.begin(), e.patches.data.end());

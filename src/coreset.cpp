@@ -21,17 +21,23 @@ namespace {
 //  * both run on the same projected float rows (coreset_project sums over D in index order, so
 //    the bits do not depend on threads or blocking) and the same start distances;
 //  * every distance is coreset_sq_distance(): direct differences, squared and added into 16
-//    lane accumulators in a fixed order, then a fixed pairwise tree. It is one out-of-line
-//    function, so the fast and the reference loop execute the same instructions, and the
-//    project builds in ISO C++ mode (-std=c++20, which implies -ffp-contract=off: no FMA
-//    contraction can make two call sites round differently). Vector clones (AVX2 / SSE2) give
-//    the same bits too: each lane does the same IEEE sub, mul, add.
-//  * the fast path only ever skips a row when it can prove that the new distance is >= the
-//    row's current minimum, in which case min() would have returned the old value anyway;
-//  * argmax ties go to the lowest index in both (blocks in index order, strict >).
+//    lane accumulators in a fixed order, then a fixed pairwise tree. The fast path's
+//    four-at-a-time min_sq_distance() spells out the same per-lane sub, mul and add in the
+//    same order and the same tail and tree, and the project builds in ISO C++ mode
+//    (-std=c++20, which implies -ffp-contract=off: no FMA contraction can make two code paths
+//    round differently). Vector clones (AVX2 / SSE2) give the same bits too: each lane does
+//    the same IEEE sub, mul, add.
+//  * minima are exact: min() over the same float values in any order gives the same float
+//    (no NaN, and sums of squares are never -0), so updating a row late, with several picks
+//    at once, gives the value the reference holds after the same picks;
+//  * the fast path only ever skips a pick for a run of rows when it can prove that the new
+//    distance is >= every row's current minimum, in which case min() would return the old
+//    value anyway;
+//  * argmax ties go to the lowest index in both (strict > in index order within a run, the
+//    heap orders runs by (value, lowest index)).
 // Direct differences rather than ||x||^2 - 2 x.y + ||y||^2: a sum of non-negative terms has a
 // small relative error bound (used by the skip test below), duplicate rows give exactly 0,
-// and there is no cancellation. The projected rows are streamed once per pick either way.
+// and there is no cancellation.
 constexpr int kLanes = 16;
 
 // Relative error bound of coreset_sq_distance against the exact squared distance: each term
@@ -240,7 +246,10 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
   return out;
 }
 
-__attribute__((noinline)) float coreset_sq_distance(const float* a, const float* b, int64_t d) {
+// AVX2 and the default clone give the same bits: 16 independent lanes, each the same IEEE
+// sub, mul and add in the same order, and the same tree.
+__attribute__((noinline, target_clones("avx2", "default"))) float coreset_sq_distance(
+    const float* a, const float* b, int64_t d) {
   float acc[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= d; j += kLanes)
@@ -257,14 +266,76 @@ __attribute__((noinline)) float coreset_sq_distance(const float* a, const float*
   return acc[0];
 }
 
-// The fast path. Besides mind (the squared distance to the nearest pick or the start value),
-// each row keeps `centre`, the pick order of some pick c, and `radius` >= the exact distance to
-// c. For a new pick p, the triangle inequality gives |x - p| >= |c - p| - radius; when the
-// bound, pushed through the worst-case rounding of coreset_sq_distance, is already >= mind,
-// the row's distance to p cannot lower mind and the row is not read. As picks accumulate most
-// rows lie near their centre and far from the new pick, so most of the N x proj_dim floats
-// are skipped; the 12 bytes per row of bookkeeping are read instead. The argmax for the next
-// pick is taken in the same pass, per block of rows, and the blocks are reduced in index order.
+using Vec8 = float __attribute__((vector_size(32)));
+using Vec8u = float __attribute__((vector_size(32), aligned(4)));  // for unaligned loads
+
+// The 16 lane accumulators of one distance, then tail and tree exactly as coreset_sq_distance.
+inline float finish_distance(const Vec8& lo, const Vec8& hi, const float* x, const float* y,
+                             int64_t j, int64_t d) {
+  float acc[kLanes];
+  for (int l = 0; l < 8; ++l) {
+    acc[l] = lo[l];
+    acc[l + 8] = hi[l];
+  }
+  for (int l = 0; j + l < d; ++l) {
+    const float t = x[j + l] - y[j + l];
+    acc[l] += t * t;
+  }
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// The smallest coreset_sq_distance(x, y) over the rows y = ys + idx[m] * d, m < count, and
+// `init`. Four rows at a time: 8 independent vector accumulators instead of the 2 dependent
+// chains of one call keep the adders busy. Each distance runs the same lane operations in the
+// same order and the same tree as coreset_sq_distance (GCC vector types are element-wise IEEE,
+// split into halves without AVX), so the bits and hence the minimum are the same.
+__attribute__((target_clones("avx2", "default"))) float min_sq_distance(
+    const float* x, const float* ys, const int64_t* idx, int count, int64_t d, float init) {
+  float v = init;
+  int m = 0;
+  for (; m + 4 <= count; m += 4) {
+    const float* y0 = ys + idx[m] * d;
+    const float* y1 = ys + idx[m + 1] * d;
+    const float* y2 = ys + idx[m + 2] * d;
+    const float* y3 = ys + idx[m + 3] * d;
+    Vec8 l0{}, h0{}, l1{}, h1{}, l2{}, h2{}, l3{}, h3{};
+    int64_t j = 0;
+    for (; j + kLanes <= d; j += kLanes) {
+      const Vec8 x0 = *reinterpret_cast<const Vec8u*>(x + j);
+      const Vec8 x1 = *reinterpret_cast<const Vec8u*>(x + j + 8);
+      Vec8 t;
+      t = x0 - *reinterpret_cast<const Vec8u*>(y0 + j), l0 += t * t;
+      t = x1 - *reinterpret_cast<const Vec8u*>(y0 + j + 8), h0 += t * t;
+      t = x0 - *reinterpret_cast<const Vec8u*>(y1 + j), l1 += t * t;
+      t = x1 - *reinterpret_cast<const Vec8u*>(y1 + j + 8), h1 += t * t;
+      t = x0 - *reinterpret_cast<const Vec8u*>(y2 + j), l2 += t * t;
+      t = x1 - *reinterpret_cast<const Vec8u*>(y2 + j + 8), h2 += t * t;
+      t = x0 - *reinterpret_cast<const Vec8u*>(y3 + j), l3 += t * t;
+      t = x1 - *reinterpret_cast<const Vec8u*>(y3 + j + 8), h3 += t * t;
+    }
+    v = std::min(v, finish_distance(l0, h0, x, y0, j, d));
+    v = std::min(v, finish_distance(l1, h1, x, y1, j, d));
+    v = std::min(v, finish_distance(l2, h2, x, y2, j, d));
+    v = std::min(v, finish_distance(l3, h3, x, y3, j, d));
+  }
+  for (; m < count; ++m) v = std::min(v, coreset_sq_distance(x, ys + idx[m] * d, d));
+  return v;
+}
+
+// The fast path: lazy greedy. Rows come in runs of kRun consecutive rows (neighbouring patches
+// of one image). A run remembers how many picks its minima include (`done`); a stale minimum is
+// an upper bound of the true one, since further picks can only lower it. A heap orders the runs
+// by (largest stale minimum, lowest row index holding it). When the top run is up to date, its
+// best row is the reference's pick: every other row's true minimum is <= its stale one, which
+// the heap order puts below the top or equal with a higher index. Otherwise the stale runs at
+// the top are brought up to date (reading each row once for all the picks it missed, with the
+// picks in cache) and pushed back. Runs whose rows are already well covered sink and are read
+// rarely, instead of once per pick, which is what made the plain loop memory bound. Every
+// minimum that is computed is the same min() over the same coreset_sq_distance() values as
+// the reference (min is exact and order-free on these non-negative, non-NaN floats), so the
+// picks are identical.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress) {
   check_params(features, p);
@@ -278,72 +349,96 @@ std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams&
   PATCHCORE_ASSERT(total < std::numeric_limits<int32_t>::max());
 
   std::vector<float> mind = start_distances(pts, p, threads);
-  std::vector<int32_t> centre(static_cast<size_t>(n), -1);
-  std::vector<float> radius(static_cast<size_t>(n), 0.0f);
   std::vector<float> pick_rows(static_cast<size_t>(total * dim));
-  std::vector<double> centre_to_pick(static_cast<size_t>(total));
 
+  constexpr int64_t kRun = 32;
+  const int64_t runs = (n + kRun - 1) / kRun;
+  std::vector<int32_t> done(static_cast<size_t>(runs), 0);
+  struct Entry {
+    float value;   // largest stale minimum of the run
+    int64_t best;  // lowest row holding it
+    int64_t run;
+  };
+  // Heap order: larger value first, then lower index.
+  const auto below = [](const Entry& a, const Entry& b) {
+    return a.value < b.value || (a.value == b.value && a.best > b.best);
+  };
+  const auto summary = [&](int64_t r) {
+    const int64_t end = std::min(n, (r + 1) * kRun);
+    int64_t best = r * kRun;
+    for (int64_t i = best + 1; i < end; ++i)
+      if (mind[i] > mind[best]) best = i;
+    return Entry{mind[best], best, r};
+  };
+  // Triangle-inequality skip, per run and pick: the run's first row x0 is its centre and
+  // `reach` >= the exact distance from x0 to any row of the run; for a pick q, every row x has
+  // |x - q| >= |x0 - q| - reach. When that bound, pushed through the worst-case rounding of
+  // coreset_sq_distance (relative_error_bound, absolute_error_bound), is >= the run's largest
+  // minimum, no row's min() can change and the pick is skipped for the whole run.
   const double gamma = relative_error_bound(dim);
   const double abs_err = absolute_error_bound(dim);
   constexpr double kSlack = 1e-9;  // covers the double rounding in the bounds themselves
-  const double radius_factor = (1.0 + kSlack) / (1.0 - gamma);  // a multiply in the hot loop
+  std::vector<double> reach(static_cast<size_t>(runs));
+#pragma omp parallel for schedule(static) num_threads(threads) if (n * dim >= (int64_t{1} << 21))
+  for (int64_t r = 0; r < runs; ++r) {
+    const float* x0 = pts.data + r * kRun * dim;
+    float far = 0.0f;
+    for (int64_t i = r * kRun + 1; i < std::min(n, (r + 1) * kRun); ++i)
+      far = std::max(far, coreset_sq_distance(pts.data + i * dim, x0, dim));
+    reach[r] = std::sqrt((far + abs_err) / (1.0 - gamma)) * (1 + kSlack);
+  }
 
-  constexpr int64_t kBlock = 2048;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<int64_t> block_best(static_cast<size_t>(blocks));
+  // Brings run r (largest stale minimum `top`) up to date with picks done[r] .. t - 1: picks
+  // in tiles that stay in cache, each row read once per tile.
+  const auto update = [&](int64_t r, float top, int64_t t) {
+    constexpr int64_t kTile = 64;
+    const int64_t begin = r * kRun;
+    const int64_t end = std::min(n, begin + kRun);
+    const float* x0 = pts.data + begin * dim;
+    int64_t kept[kTile];
+    for (int64_t c0 = done[r]; c0 < t; c0 += kTile) {
+      const int64_t c1 = std::min(t, c0 + kTile);
+      int count = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const double k = coreset_sq_distance(x0, pick_rows.data() + c * dim, dim);
+        const double lower =
+            std::sqrt(std::max(0.0, k - abs_err) / (1.0 + gamma)) * (1 - kSlack) - reach[r];
+        if (!(lower > 0.0 && ((1.0 - gamma) * lower * lower - abs_err) * (1 - kSlack) >= top))
+          kept[count++] = c;
+      }
+      if (count == 0) continue;
+      for (int64_t i = begin; i < end; ++i) {
+        const float* row = pts.data + i * dim;
+        mind[i] = min_sq_distance(row, pick_rows.data(), kept, count, dim, mind[i]);
+      }
+    }
+    done[r] = static_cast<int32_t>(t);
+  };
 
-  // A fork and a join per pick cost more than a small pass, and far more on a loaded machine
-  // (idle OpenMP threads spin and steal the core the serial part needs: 10x slower measured at
-  // 2500 x 128): passes under 2M floats stay on the calling thread (the result is the same).
-  const bool parallel = threads > 1 && blocks >= 2 && n * dim >= (int64_t{1} << 21);
+  std::vector<Entry> heap;
+  heap.reserve(static_cast<size_t>(runs));
+  for (int64_t r = 0; r < runs; ++r) heap.push_back(summary(r));
+  std::make_heap(heap.begin(), heap.end(), below);
+
+  // The pick loop is serial: an update touches one run (32 rows x the picks it missed, often a
+  // handful), far too little for a fork and a join, and batching stale runs for threads was
+  // slower on the shared 2-core machine (idle OpenMP threads spin and steal the core the
+  // serial part needs). Threads serve the projection, the start distances and the reaches.
   std::vector<int64_t> picks;
   picks.reserve(static_cast<size_t>(total));
-  int64_t next = argmax_lowest(mind);
   for (int64_t t = 0; t < total; ++t) {
-    const int64_t pick = next;
+    while (done[heap.front().run] != t) {
+      std::pop_heap(heap.begin(), heap.end(), below);
+      const Entry stale = heap.back();
+      update(stale.run, stale.value, t);
+      heap.back() = summary(stale.run);
+      std::push_heap(heap.begin(), heap.end(), below);
+    }
+    const int64_t pick = heap.front().best;
     picks.push_back(pick);
     report(progress, t + 1, total);
-    if (t + 1 == total) break;  // the last update pass would only serve a pick never taken
     const float* prow = pts.data + pick * dim;
     std::copy(prow, prow + dim, pick_rows.begin() + t * dim);
-
-    // Lower bounds of the exact distances from the earlier picks to this one. Serial: at most
-    // t x proj_dim per pick, cheaper than the barrier a parallel loop would add.
-    for (int64_t c = 0; c < t; ++c) {
-      const double k = coreset_sq_distance(pick_rows.data() + c * dim, prow, dim);
-      centre_to_pick[c] = std::sqrt(std::max(0.0, k - abs_err) / (1.0 + gamma)) * (1 - kSlack);
-    }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t end = std::min(n, (b + 1) * kBlock);
-      int64_t best = b * kBlock;
-      for (int64_t i = b * kBlock; i < end; ++i) {
-        const int32_t c = centre[i];
-        bool skip = false;
-        if (c >= 0) {
-          const double lower = centre_to_pick[c] - static_cast<double>(radius[i]);
-          skip = lower > 0.0 &&
-                 ((1.0 - gamma) * lower * lower - abs_err) * (1 - kSlack) >= mind[i];
-        }
-        if (!skip) {
-          const float k = coreset_sq_distance(pts.data + i * dim, prow, dim);
-          if (k < mind[i]) mind[i] = k;
-          // Upper bound of the exact squared distance; the square root (rounded up again on
-          // the way to float) only when the row moves to the new centre.
-          const double r2 = (static_cast<double>(k) + abs_err) * radius_factor;
-          const double old = radius[i];
-          if (c < 0 || r2 < old * old) {
-            centre[i] = static_cast<int32_t>(t);
-            radius[i] = static_cast<float>(std::sqrt(r2) * (1 + kSlack) * (1 + 1e-6));
-          }
-        }
-        if (mind[i] > mind[best]) best = i;
-      }
-      block_best[b] = best;
-    }
-    next = block_best[0];
-    for (int64_t b = 1; b < blocks; ++b)
-      if (mind[block_best[b]] > mind[next]) next = block_best[b];
   }
   return picks;
 }

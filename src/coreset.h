@@ -25,8 +25,11 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// distance (lowest index on ties) and lowers every distance to min(old, L2 distance to the
 /// pick). Returns the picked row indices in pick order: max(1, floor(ratio * N)) of them, or
 /// 0..N-1 in order when ratio >= 1 (no selection); empty when N == 0. Deterministic for a given
-/// seed and input, whatever the thread count. Skips rows the triangle inequality proves
-/// unaffected by a pick, so the picks stay exactly those of greedy_coreset_reference().
+/// seed and input, whatever the thread count. Lazy: runs of consecutive rows are brought up to
+/// date with the picks they missed only when they could hold the next pick, and picks the
+/// triangle inequality proves irrelevant to a whole run are skipped; the picks stay exactly
+/// those of greedy_coreset_reference(). Threads serve the projection and the set-up; the pick
+/// loop runs on the calling thread (its updates are too small to share).
 /// Throws Error(usage) for ratio <= 0, proj_dim or start_points < 1, a non-2-D tensor, or
 /// features with NaN, infinity or |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,

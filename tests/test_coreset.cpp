@@ -106,6 +106,75 @@ TEST(Coreset, FastMatchesReferenceAtExtremeScales) {
   }
 }
 
+// Image-like rows: `images` grids of side x side patches, each patch a smooth function of its
+// position (random low-frequency waves with per-image phases), rows image by image in raster
+// order, as the memory bank stores them: consecutive rows are close, so the per-run skip of the
+// lazy search fires. `noise` adds independent jitter per value.
+Tensor smooth_patches(int images, int side, int64_t d, uint32_t seed, float noise) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_real_distribution<float> phase(0.0f, 6.2831853f);
+  constexpr int kWaves = 3;
+  std::vector<float> fx(kWaves * d), fy(kWaves * d), amp(kWaves * d), ph(kWaves * d);
+  for (int64_t k = 0; k < kWaves * d; ++k) {
+    fx[k] = 0.15f * g(rng);
+    fy[k] = 0.15f * g(rng);
+    amp[k] = g(rng);
+  }
+  Tensor t({int64_t{images} * side * side, d});
+  int64_t r = 0;
+  for (int im = 0; im < images; ++im) {
+    for (float& v : ph) v = phase(rng);
+    for (int y = 0; y < side; ++y)
+      for (int x = 0; x < side; ++x, ++r)
+        for (int64_t j = 0; j < d; ++j) {
+          float v = noise * g(rng);
+          for (int k = 0; k < kWaves; ++k) {
+            const int64_t w = k * d + j;
+            v += amp[w] * std::cos(fx[w] * static_cast<float>(x) + fy[w] * static_cast<float>(y) +
+                                   ph[w]);
+          }
+          t.row(r)[j] = std::max(0.0f, v);  // ReLU-like: many exact zeros
+        }
+  }
+  return t;
+}
+
+TEST(Coreset, FastMatchesReferenceOnImageLikeRows) {
+  struct Case {
+    int images, side;
+    int64_t d;
+    double ratio;
+    float noise;
+  };
+  for (const Case& c : {Case{6, 24, 64, 0.05, 0.0f}, Case{6, 24, 64, 0.2, 0.01f},
+                        Case{4, 30, 200, 0.03, 0.1f}, Case{3, 20, 7, 0.3, 0.0f},
+                        Case{2, 33, 40, 0.5, 0.0f}}) {
+    SCOPED_TRACE(::testing::Message() << "images=" << c.images << " d=" << c.d
+                                      << " ratio=" << c.ratio << " noise=" << c.noise);
+    const Tensor x = smooth_patches(c.images, c.side, c.d, static_cast<uint32_t>(c.d), c.noise);
+    const auto p = params(c.ratio, 128, 11, 1);
+    const auto fast = greedy_coreset(x, p);
+    EXPECT_EQ(fast, greedy_coreset_reference(x, p));
+    EXPECT_EQ(fast, greedy_coreset(x, params(c.ratio, 128, 11, 2)));
+    EXPECT_EQ(static_cast<int64_t>(fast.size()),
+              static_cast<int64_t>(std::floor(c.ratio * static_cast<double>(x.dim(0)))));
+  }
+}
+
+TEST(Coreset, FastMatchesReferenceWhenRunsAreIdentical) {
+  // Runs of equal rows (reach 0) and rows equal across runs: the skip bound meets the minimum
+  // exactly, and ties between runs must still go to the lowest index.
+  Tensor x({640, 5});
+  for (int64_t i = 0; i < 640; ++i)
+    for (int64_t j = 0; j < 5; ++j)
+      x.row(i)[j] = static_cast<float>(((i / 32) * 7 + j * 3) % 11) + ((i / 96) % 2 ? 0.5f : 0.0f);
+  for (double ratio : {0.02, 0.05, 0.5}) {
+    const auto p = params(ratio, 128, 4);
+    EXPECT_EQ(greedy_coreset(x, p), greedy_coreset_reference(x, p)) << "ratio=" << ratio;
+  }
+}
+
 TEST(Coreset, HandMadeLineHasAKnownOrder) {
   // Rows at positions 20, 0, 40, 10, 30 on a line. start_points is clamped to N = 5, so every
   // row's start distance is its mean distance to all rows, whatever the seed: 12, 20, 20, 14,
@@ -168,7 +237,8 @@ TEST(Coreset, TinyInputs) {
 }
 
 TEST(Coreset, DeterministicAcrossRunsAndThreadCounts) {
-  // 16384 x 128 projected floats: large enough for the multi-threaded pass.
+  // 16384 x 128 projected floats: large enough for the multi-threaded set-up (projection,
+  // start distances, run reaches).
   const Tensor x = clustered(16384, 160, 21);
   const auto a = greedy_coreset(x, params(0.01, 128, 5, 1));
   EXPECT_EQ(a, greedy_coreset(x, params(0.01, 128, 5, 1)));
@@ -289,8 +359,19 @@ TEST(Coreset, DISABLED_Benchmark) {
       const auto t0 = std::chrono::steady_clock::now();
       const auto picks = greedy_coreset(x, params(0.01, 128, 0, threads));
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::printf("n=%lld picks=%zu threads=%d: %.2f s\n", static_cast<long long>(n), picks.size(),
-                  threads, s);
+      std::printf("clustered n=%lld picks=%zu threads=%d: %.2f s\n", static_cast<long long>(n),
+                  picks.size(), threads, s);
+    }
+  }
+  {  // image-like rows: 100 images of 35 x 35 patches, 1 % picks
+    const Tensor x = smooth_patches(100, 35, 128, 77, 0.1f);
+    const int64_t n = x.dim(0);
+    for (int threads : {1, 2}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto picks = greedy_coreset(x, params(0.01, 128, 0, threads));
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("image-like n=%lld picks=%zu threads=%d: %.2f s\n", static_cast<long long>(n),
+                  picks.size(), threads, s);
     }
   }
 }

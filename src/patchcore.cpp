@@ -55,6 +55,7 @@ json params_to_json(const Params& p) {
               {"reweight_b", p.reweight_b},
               {"upsample", to_string(p.upsample)},
               {"blur_sigma", p.blur_sigma},
+              {"blur_reflect101", p.blur_reflect101},
               {"holdout_fraction", p.holdout_fraction},
               {"batch_size", p.batch_size}};
 }
@@ -82,6 +83,7 @@ Params params_from_json(const json& j) {
   p.upsample = j.at("upsample").get<std::string>() == "nearest" ? Upsample::nearest
                                                                  : Upsample::bilinear;
   p.blur_sigma = j.at("blur_sigma").get<double>();
+  p.blur_reflect101 = j.value("blur_reflect101", false);
   p.holdout_fraction = j.at("holdout_fraction").get<double>();
   p.batch_size = j.at("batch_size").get<int>();
   return p;
@@ -211,9 +213,7 @@ struct Model::Impl {
     return ScoringParams{params.k, params.squared_l2, params.reweight, params.reweight_b};
   }
   MapParams map_params() const {
-    // The anomalib preset pairs nearest upsampling with REFLECT_101, like its reference code.
-    return MapParams{params.upsample, params.blur_sigma,
-                     params.embedding == EmbeddingMode::concat && params.upsample == Upsample::nearest};
+    return MapParams{params.upsample, params.blur_sigma, params.blur_reflect101};
   }
 
   Backbone& net() const {

@@ -31,7 +31,10 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
                                       "fraction of patches kept in the memory bank")
                            ->capture_default_str();
-  g["embedding"] = cmd.add_option("--embedding", o.embedding, "paper (default) or concat")
+  g["embedding"] = cmd.add_option("--embedding", o.embedding,
+                                  "concat (default: 3x3-averaged layers, aligned and "
+                                  "concatenated) or paper (adaptive pooling to --pretrain-dim "
+                                  "and --target-dim)")
                        ->check(CLI::IsMember({"paper", "concat"}));
   g["pretrain-dim"] = cmd.add_option("--pretrain-dim", p.pretrain_dim)->capture_default_str();
   g["target-dim"] = cmd.add_option("--target-dim", p.target_dim)->capture_default_str();
@@ -67,6 +70,7 @@ Params resolve_fit_options(const FitOptions& o) {
     p.embedding = EmbeddingMode::concat;
     p.reweight = true;
     p.upsample = Upsample::nearest;
+    p.blur_reflect101 = true;
     p.coreset_ratio = 0.1;
   }
   const Params& u = o.params;

@@ -72,9 +72,12 @@ struct Params {
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
   int crop = 0;
 
-  EmbeddingMode embedding = EmbeddingMode::paper;
+  /// concat keeps every channel of every layer; the paper's pooling to 1024 dimensions was
+  /// sized for WideResNet-50 (512 + 1024 channels) and averages across channels of other
+  /// backbones: measured on magnetic_tile and hei_med in docs/results.md.
+  EmbeddingMode embedding = EmbeddingMode::concat;
   int patch_size = 3;       ///< local neighbourhood p
-  int pretrain_dim = 1024;  ///< per-layer pooled dimension (paper mode)
+  int pretrain_dim = 1024;  ///< per-layer pooled dimension (paper embedding)
   int target_dim = 1024;    ///< final patch dimension (paper mode)
 
   double coreset_ratio = 0.01;  ///< fraction of patches kept in the memory bank; >= 1 keeps all
@@ -87,6 +90,7 @@ struct Params {
   int reweight_b = 9;        ///< neighbourhood size b of Eq. 7
   Upsample upsample = Upsample::bilinear;
   double blur_sigma = 4.0;   ///< Gaussian blur of the anomaly map, in pixels of the S x S map
+  bool blur_reflect101 = false;  ///< blur border BORDER_REFLECT_101 (anomalib) or REFLECT
 
   /// Fraction of normal training images held out (from their own bank points) to set the
   /// threshold and the normalisation when no abnormal images exist.

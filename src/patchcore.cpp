@@ -333,6 +333,7 @@ void Model::set_threads(int threads) {
 Model Model::fit(const std::vector<fs::path>& images, const Params& params,
                  const Callbacks& cb) {
   validate(params);
+  if (images.empty()) throw_bad_input("(training set)", "no images to fit on");
   apply_threads(params.threads);
   auto impl = std::make_unique<Impl>();
   impl->params = params;
@@ -371,8 +372,6 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
   m.onnx = std::move(graph.onnx);
   m.backbone_identity = graph.identity;
   m.created_by = std::string("patchcore ") + PATCHCORE_VERSION;
-
-  if (images.empty()) throw_bad_input("(training set)", "no images to fit on");
 
   // Held-out images: chosen by the seed, scored against bank rows from the other images only.
   const size_t n = images.size();

@@ -29,15 +29,6 @@ class OmpThreadsGuard {
   int saved_;
 };
 
-double sq_dist_double(const float* a, const float* b, int64_t d) {
-  double s = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
-    s += t * t;
-  }
-  return s;
-}
-
 void check_bank(const Tensor& bank) {
   if (bank.shape.size() != 2)
     throw_usage("nearest neighbours: the memory bank must be a 2-D [rows, dim] tensor");
@@ -48,7 +39,8 @@ void check_bank(const Tensor& bank) {
 // k > bank rows is a usage error rather than a silent clamp: callers size their outputs [n, k]
 // and a clamped answer would leave columns they then read as neighbours.
 void check_k(const Tensor& bank, int k) {
-  if (k < 1) throw_usage("nearest neighbours: k must be at least 1 (got " + std::to_string(k) + ")");
+  if (k < 1)
+    throw_usage("nearest neighbours: k must be at least 1 (got " + std::to_string(k) + ")");
   if (k > bank.dim(0))
     throw_usage("nearest neighbours: k = " + std::to_string(k) + " exceeds the memory bank size " +
                 std::to_string(bank.dim(0)));
@@ -113,7 +105,7 @@ void NearestNeighbors::search(const float* queries, int64_t n, int k, float* sq_
     int m = 0;
     for (int j = 0; j < k; ++j) {
       if (idx[j] < 0) continue;  // FAISS pads with -1 only when k > M, which check_k forbids
-      row[m++] = {static_cast<float>(sq_dist_double(queries + i * d, bank.row(idx[j]), d)),
+      row[m++] = {static_cast<float>(squared_distance(queries + i * d, bank.row(idx[j]), d)),
                   idx[j]};
     }
     std::sort(row.begin(), row.begin() + m);
@@ -132,13 +124,22 @@ void knn_reference(const Tensor& bank, const float* queries, int64_t n, int k, f
   const int64_t d = bank.dim(1);
   std::vector<std::pair<double, int64_t>> all(static_cast<size_t>(m));
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < m; ++j) all[j] = {sq_dist_double(queries + i * d, bank.row(j), d), j};
+    for (int64_t j = 0; j < m; ++j) all[j] = {squared_distance(queries + i * d, bank.row(j), d), j};
     std::partial_sort(all.begin(), all.begin() + k, all.end());
     for (int j = 0; j < k; ++j) {
       sq_dist[i * k + j] = static_cast<float>(all[j].first);
       index[i * k + j] = all[j].second;
     }
   }
+}
+
+double squared_distance(const float* a, const float* b, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
+    s += t * t;
+  }
+  return s;
 }
 
 }  // namespace patchcore

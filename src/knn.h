@@ -39,4 +39,7 @@ class NearestNeighbors {
 void knn_reference(const Tensor& bank, const float* queries, int64_t n, int k, float* sq_dist,
                    int64_t* index);
 
+/// Squared L2 distance of two d-dimensional rows, accumulated in double.
+double squared_distance(const float* a, const float* b, int64_t d);
+
 }  // namespace patchcore

@@ -42,12 +42,7 @@ int reflect_index(int i, int n, bool reflect101) {
 }
 
 double l2(const float* a, const float* b, int64_t d) {
-  double s = 0;
-  for (int64_t i = 0; i < d; ++i) {
-    const double t = static_cast<double>(a[i]) - static_cast<double>(b[i]);
-    s += t * t;
-  }
-  return std::sqrt(s);
+  return std::sqrt(squared_distance(a, b, d));
 }
 
 }  // namespace

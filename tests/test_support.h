@@ -1,8 +1,12 @@
 // Shared helpers for the test suite.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <string>
+
+#include "patchcore/patchcore.h"
 
 namespace patchcore::testing {
 
@@ -29,5 +33,20 @@ std::filesystem::path built_backbones_dir();
 /// Writes bytes to a file (for corrupt-file tests).
 void write_bytes(const std::filesystem::path& file, const std::string& bytes);
 std::string read_bytes(const std::filesystem::path& file);
+
+/// Runs action(), which must throw Error(bad_input) whose message names `path`; returns the
+/// message for further checks (empty, with a test failure, when nothing was thrown).
+template <class Action>
+std::string expect_bad_input_naming(const std::filesystem::path& path, Action&& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error for " << path;
+  return "";
+}
 
 }  // namespace patchcore::testing

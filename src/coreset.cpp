@@ -132,6 +132,8 @@ void check_params(const Tensor& features, const CoresetParams& p) {
   PATCHCORE_ASSERT(features.numel() == features.dim(0) * features.dim(1));
   if (!(p.ratio > 0.0))
     throw_usage("coreset: ratio must be > 0 (got " + std::to_string(p.ratio) + ")");
+  if (p.min_picks < 0)
+    throw_usage("coreset: the minimum size must be >= 0 (got " + std::to_string(p.min_picks) + ")");
   if (p.proj_dim < 1)
     throw_usage("coreset: projection dimension must be >= 1 (got " + std::to_string(p.proj_dim) +
                 ")");
@@ -186,7 +188,7 @@ std::vector<float> start_distances(const Points& pts, const CoresetParams& p, in
 
 int64_t pick_count(const CoresetParams& p, int64_t n) {
   const double k = std::floor(p.ratio * static_cast<double>(n));
-  return std::clamp<int64_t>(static_cast<int64_t>(k), 1, n);
+  return std::clamp<int64_t>(std::max(static_cast<int64_t>(k), p.min_picks), 1, n);
 }
 
 // Reports about 1000 times at most, always the last pick.
@@ -341,7 +343,7 @@ std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams&
   check_params(features, p);
   const int64_t n = features.dim(0);
   if (n == 0) return {};
-  if (p.ratio >= 1.0) return all_rows(n);
+  if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
   const int threads = resolve_threads(p.threads);
   const Points pts = prepare_points(features, p, threads);
   const int64_t dim = pts.dim;
@@ -447,7 +449,7 @@ std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const Core
   check_params(features, p);
   const int64_t n = features.dim(0);
   if (n == 0) return {};
-  if (p.ratio >= 1.0) return all_rows(n);
+  if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
   const int threads = resolve_threads(p.threads);
   const Points pts = prepare_points(features, p, threads);
   const int64_t total = pick_count(p, n);

@@ -47,6 +47,7 @@ json params_to_json(const Params& p) {
               {"pretrain_dim", p.pretrain_dim},
               {"target_dim", p.target_dim},
               {"coreset_ratio", p.coreset_ratio},
+              {"coreset_min", p.coreset_min},
               {"coreset_dim", p.coreset_dim},
               {"seed", p.seed},
               {"k", p.k},
@@ -75,6 +76,7 @@ Params params_from_json(const json& j) {
   p.target_dim = j.at("target_dim").get<int>();
   p.coreset_ratio = j.at("coreset_ratio").get<double>();
   p.coreset_dim = j.at("coreset_dim").get<int>();
+  p.coreset_min = j.value("coreset_min", int64_t{0});  // absent before the floor existed
   p.seed = j.at("seed").get<uint64_t>();
   p.k = j.at("k").get<int>();
   p.squared_l2 = j.at("squared_l2").get<bool>();
@@ -116,6 +118,7 @@ void validate(const Params& p) {
     throw_usage("--coreset-ratio must be > 0 (1 keeps every patch)");
   if (p.patch_size < 1 || p.patch_size % 2 == 0) throw_usage("patch size must be odd and >= 1");
   if (p.pretrain_dim < 1 || p.target_dim < 1) throw_usage("pooling dimensions must be >= 1");
+  if (p.coreset_min < 0) throw_usage("--coreset-min must be >= 0");
   if (p.coreset_dim < 1) throw_usage("coreset projection dimension must be >= 1");
   if (p.k < 1) throw_usage("k must be >= 1");
   if (p.reweight_b < 1) throw_usage("the re-weighting neighbourhood b must be >= 1");
@@ -421,7 +424,8 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
   features.data = std::move(all);
 
   // Memory bank: greedy coreset over every training patch.
-  CoresetParams cp{params.coreset_ratio, params.coreset_dim, params.seed, 10, params.threads};
+  CoresetParams cp{params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
+                   params.threads};
   std::vector<int64_t> picks;
   {
     StageTimer t(cb, "coreset", features.dim(0));

@@ -672,7 +672,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   html << "<h1>patchcore evaluation</h1><p class='sub'>" << rows.size() << " test images ("
        << normal.size() << " normal, " << anomalous.size() << " anomalous) &middot; backbone "
        << html_escape(backbone) << " &middot; map " << size << "&times;" << size
-       << " &middot; coreset " << fmt(params.coreset_ratio, 3) << " &middot; "
+       << " &middot; coreset " << fmt(params.coreset_ratio, 3) << " (at least "
+       << params.coreset_min << " patches) &middot; "
        << fmt(j["ms_per_image"].get<double>(), 1) << " ms/image</p>";
   auto card = [&](const std::string& key, const std::string& value) {
     html << "<div class='card'><div class='v'>" << value << "</div><div class='k'>" << key

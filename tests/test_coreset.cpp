@@ -222,6 +222,26 @@ TEST(Coreset, RatioOneKeepsEveryRowInOrder) {
   }
 }
 
+TEST(Coreset, MinimumSizeOverridesASmallRatio) {
+  const Tensor x = random_matrix(500, 16, 31);
+  auto p = params(0.01, 128, 4);  // 5 picks by the ratio alone
+  p.min_picks = 40;
+  const auto picks = greedy_coreset(x, p);
+  expect_valid_picks(picks, 500, 40);
+  EXPECT_EQ(picks, greedy_coreset_reference(x, p));
+  // The floor only ever adds picks: the ratio's 5 come first, in the same order.
+  const auto by_ratio = greedy_coreset(x, params(0.01, 128, 4));
+  ASSERT_EQ(by_ratio.size(), 5u);
+  EXPECT_TRUE(std::equal(by_ratio.begin(), by_ratio.end(), picks.begin()));
+  p.ratio = 0.2;  // 100 > 40: the ratio wins
+  EXPECT_EQ(greedy_coreset(x, p).size(), 100u);
+  p.min_picks = 500;  // as many as there are rows: everything, in order, no selection
+  std::vector<int64_t> all(500);
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_EQ(greedy_coreset(x, p), all);
+  EXPECT_EQ(greedy_coreset_reference(x, p), all);
+}
+
 TEST(Coreset, TinyInputs) {
   Tensor one({1, 4});
   one.data = {1, 2, 3, 4};
@@ -287,6 +307,9 @@ TEST(Coreset, RejectsBadParameters) {
   expect_usage(params(0.5, 0, 0));
   auto p = params(0.5, 128, 0);
   p.start_points = 0;
+  expect_usage(p);
+  p = params(0.5, 128, 0);
+  p.min_picks = -1;
   expect_usage(p);
   Tensor bad = x;
   bad.data[7] = std::nanf("");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "dataset.h"
 #include "synthetic.h"
@@ -30,6 +31,7 @@ class ModelTest : public ::testing::Test {
     params_.backbone = "mobilenet_v2";
     params_.image_size = 160;
     params_.coreset_ratio = 0.1;
+    params_.coreset_min = 0;  // these few images would otherwise keep every patch
     params_.threads = 2;
   }
   TempDir tmp_;
@@ -118,6 +120,23 @@ TEST_F(ModelTest, BatchPredictionSkipsUnreadableImagesAndReportsThem) {
   EXPECT_THROW(model.predict(bad), patchcore::Error);
 }
 
+TEST_F(ModelTest, CoresetMinimumFloorsTheBankSize) {
+  auto bank_rows = [](const patchcore::Model& m) {
+    return nlohmann::json::parse(m.info_json()).at("memory_bank").at("rows").get<int64_t>();
+  };
+  patchcore::Params p = params_;
+  p.coreset_ratio = 0.01;
+  const int64_t by_ratio = bank_rows(patchcore::Model::fit(train_, p));
+  p.coreset_min = 500;
+  ASSERT_LT(by_ratio, 500);
+  EXPECT_EQ(bank_rows(patchcore::Model::fit(train_, p)), 500);
+  p.coreset_min = 100000000;  // more than there are patches: every patch is kept
+  const patchcore::Model all = patchcore::Model::fit(train_, p);
+  const auto grid = nlohmann::json::parse(all.info_json()).at("grid");
+  EXPECT_EQ(bank_rows(all), static_cast<int64_t>(train_.size()) * grid[0].get<int64_t>() *
+                                grid[1].get<int64_t>());
+}
+
 TEST_F(ModelTest, InvalidParametersAreUsageErrors) {
   patchcore::Params p = params_;
   p.coreset_ratio = 0;
@@ -127,6 +146,9 @@ TEST_F(ModelTest, InvalidParametersAreUsageErrors) {
   } catch (const patchcore::Error& e) {
     EXPECT_EQ(e.kind(), patchcore::ErrorKind::usage);
   }
+  p = params_;
+  p.coreset_min = -1;
+  EXPECT_THROW(patchcore::Model::fit(train_, p), patchcore::Error);
   p = params_;
   p.backbone = "no_such_backbone";
   EXPECT_THROW(patchcore::Model::fit(train_, p), patchcore::Error);

@@ -31,6 +31,9 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
                                       "fraction of patches kept in the memory bank")
                            ->capture_default_str();
+  g["coreset-min"] = cmd.add_option("--coreset-min", p.coreset_min,
+                                    "... but keep at least this many patches (all when fewer)")
+                         ->capture_default_str();
   g["embedding"] = cmd.add_option("--embedding", o.embedding,
                                   "concat (default: 3x3-averaged layers, aligned and "
                                   "concatenated) or paper (adaptive pooling to --pretrain-dim "
@@ -65,6 +68,7 @@ Params resolve_fit_options(const FitOptions& o) {
     p.embedding = EmbeddingMode::paper;
     p.squared_l2 = true;
     p.coreset_ratio = 0.1;
+    p.coreset_min = 0;
   } else if (o.preset == "anomalib") {
     p.image_size = 256;
     p.embedding = EmbeddingMode::concat;
@@ -72,6 +76,7 @@ Params resolve_fit_options(const FitOptions& o) {
     p.upsample = Upsample::nearest;
     p.blur_reflect101 = true;
     p.coreset_ratio = 0.1;
+    p.coreset_min = 0;
   }
   const Params& u = o.params;
   auto given = [&](const char* name) { return o.given.at(name)->count() > 0; };
@@ -86,6 +91,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("image-size")) p.image_size = u.image_size;
   if (given("crop")) p.crop = u.crop;
   if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
+  if (given("coreset-min")) p.coreset_min = u.coreset_min;
   if (given("embedding"))
     p.embedding = o.embedding == "concat" ? EmbeddingMode::concat : EmbeddingMode::paper;
   if (given("pretrain-dim")) p.pretrain_dim = u.pretrain_dim;

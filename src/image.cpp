@@ -207,17 +207,40 @@ int centre_offset(int in, int out) {
   return (diff % 2 == 0) ? half : (half % 2 == 0 ? half : half + 1);
 }
 
-// The resize + crop shared by images and masks.
-cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolation) {
+void check_geometry(const Preprocess& p) {
   if (p.image_size <= 0)
     throw_usage("image size must be positive, got " + std::to_string(p.image_size));
   if (p.crop < 0) throw_usage("crop must be 0 or positive, got " + std::to_string(p.crop));
   if (p.crop > p.image_size)
     throw_usage("crop " + std::to_string(p.crop) + " is larger than the image size " +
                 std::to_string(p.image_size));
+  if (p.resize == Resize::pad && p.crop > 0)
+    throw_usage("the pad resize keeps the whole image: it cannot be combined with a crop");
+}
+
+// The pad mode's rectangle: longer side S, each side rounded, centred (extra pixel right/bottom).
+cv::Rect pad_rect(const cv::Size& image, int s) {
+  const double scale = static_cast<double>(s) / std::max(image.width, image.height);
+  const int w = std::clamp(static_cast<int>(std::lround(image.width * scale)), 1, s);
+  const int h = std::clamp(static_cast<int>(std::lround(image.height * scale)), 1, s);
+  return cv::Rect((s - w) / 2, (s - h) / 2, w, h);
+}
+
+// The resize + crop shared by images and masks; `pad` fills the pad mode's border.
+cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolation,
+                       const cv::Scalar& pad) {
+  check_geometry(p);
   PATCHCORE_ASSERT(!src.empty());
   const int s = p.image_size;
   cv::Mat resized;
+  if (p.resize == Resize::pad) {
+    const cv::Rect r = pad_rect(src.size(), s);
+    if (src.cols == s && src.rows == s) return src;
+    cv::Mat out(s, s, src.type(), pad);
+    cv::resize(src, resized, r.size(), 0, 0, interpolation);
+    resized.copyTo(out(r));
+    return out;
+  }
   if (p.crop == 0) {
     if (src.cols == s && src.rows == s) return src;
     cv::resize(src, resized, cv::Size(s, s), 0, 0, interpolation);
@@ -242,9 +265,24 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
 
 }  // namespace
 
+Preprocess preprocess_for(const Params& p) {
+  return Preprocess{p.image_size, p.crop, normalization_from_string(p.normalization), p.resize};
+}
+
+cv::Rect content_rect(const cv::Size& image, const Preprocess& p) {
+  check_geometry(p);
+  PATCHCORE_ASSERT(image.width > 0 && image.height > 0);
+  if (p.resize == Resize::pad) return pad_rect(image, p.image_size);
+  return cv::Rect(0, 0, p.input_size(), p.input_size());
+}
+
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
   PATCHCORE_ASSERT(rgb.type() == CV_8UC3);
-  const cv::Mat img = apply_geometry(rgb, p, cv::INTER_LINEAR);
+  // The pad is the colour each normalisation maps to (about) zero.
+  cv::Scalar pad(0, 0, 0);
+  if (p.normalization == Normalization::imagenet) pad = cv::Scalar(124, 116, 104);
+  if (p.normalization == Normalization::m11) pad = cv::Scalar(128, 128, 128);
+  const cv::Mat img = apply_geometry(rgb, p, cv::INTER_LINEAR, pad);
   const int n = p.input_size();
   PATCHCORE_ASSERT(img.rows == n && img.cols == n);
 
@@ -284,7 +322,7 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
 
 cv::Mat preprocess_mask(const cv::Mat& mask01, const Preprocess& p) {
   PATCHCORE_ASSERT(mask01.type() == CV_8UC1);
-  return apply_geometry(mask01, p, cv::INTER_NEAREST).clone();
+  return apply_geometry(mask01, p, cv::INTER_NEAREST, cv::Scalar(0)).clone();
 }
 
 }  // namespace patchcore

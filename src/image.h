@@ -5,6 +5,8 @@
 #include <opencv2/core.hpp>
 #include <string>
 
+#include "patchcore/patchcore.h"
+
 namespace patchcore {
 
 /// Input normalisation a backbone was trained with (part of the backbone's description).
@@ -33,17 +35,29 @@ struct Preprocess {
   int image_size = 224;  ///< resize to S x S (crop == 0) or shorter side to S (crop > 0)
   int crop = 0;          ///< centre crop C x C after the resize; 0: none
   Normalization normalization = Normalization::m11;
+  Resize resize = Resize::squash;  ///< pad: longer side to S, centred, padded (no crop allowed)
   /// Side of the network input: crop when set, else image_size.
   int input_size() const { return crop > 0 ? crop : image_size; }
 };
 
+/// The geometry and normalisation of a fitted model's parameters (image_size and normalization
+/// resolved, as Model::params() holds them).
+Preprocess preprocess_for(const Params& p);
+
 /// Resizes (bilinear), crops, normalises and writes one image as planar CHW floats to dst,
 /// which must hold 3 * input_size()^2 floats. With a crop the geometry is torchvision's
 /// Resize(S) + CenterCrop(C): longer side int(S * long / short), offsets round-half-even.
-/// Throws Error(usage) when image_size <= 0, crop < 0 or crop > image_size.
+/// Resize::pad scales by S / longer side (each side rounded, at least 1 pixel), centres the
+/// image (extra pixel right / bottom) and pads with the colour the normalisation maps to zero
+/// (the ImageNet mean, mid grey for m11, black for unit), so that the pad looks like nothing.
+/// Throws Error(usage) when image_size <= 0, crop < 0, crop > image_size or pad with a crop.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst);
 
-/// The same geometry applied to a mask (nearest neighbour), for pixel metrics: returns
+/// Where an image of this size lands in the network input: the pad mode's centred rectangle,
+/// else the whole input.
+cv::Rect content_rect(const cv::Size& image, const Preprocess& p);
+
+/// The same geometry applied to a mask (nearest neighbour, pad 0), for pixel metrics: returns
 /// input_size() x input_size() CV_8UC1 0/1.
 cv::Mat preprocess_mask(const cv::Mat& mask01, const Preprocess& p);
 

@@ -170,17 +170,27 @@ std::optional<F1> best_f1(const std::vector<float>& scores, const std::vector<ui
 std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
                          const std::vector<std::vector<uint8_t>>& masks, int height, int width,
                          double fpr_limit) {
+  return aupro(maps, masks, std::vector<std::pair<int, int>>(maps.size(), {height, width}),
+               fpr_limit);
+}
+
+std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
+                         const std::vector<std::vector<uint8_t>>& masks,
+                         const std::vector<std::pair<int, int>>& sizes, double fpr_limit) {
   if (!(fpr_limit > 0.0 && fpr_limit <= 1.0))
     throw_usage("aupro: the FPR limit must be in (0, 1], got " + std::to_string(fpr_limit));
-  if (maps.size() != masks.size())
+  if (maps.size() != masks.size() || maps.size() != sizes.size())
     throw_usage("aupro: " + std::to_string(maps.size()) + " maps but " +
-                std::to_string(masks.size()) + " masks");
+                std::to_string(masks.size()) + " masks and " + std::to_string(sizes.size()) +
+                " sizes");
   if (maps.empty()) return std::nullopt;
-  if (height <= 0 || width <= 0)
-    throw_usage("aupro: bad map size " + std::to_string(height) + "x" + std::to_string(width));
-  const size_t n_pixels = static_cast<size_t>(height) * static_cast<size_t>(width);
-  size_t n_anomalous = 0;
+  size_t n_anomalous = 0, n_all = 0;
   for (size_t i = 0; i < maps.size(); ++i) {
+    const auto [height, width] = sizes[i];
+    if (height <= 0 || width <= 0)
+      throw_usage("aupro: bad map size " + std::to_string(height) + "x" + std::to_string(width));
+    const size_t n_pixels = static_cast<size_t>(height) * static_cast<size_t>(width);
+    n_all += n_pixels;
     if (maps[i].size() != n_pixels || masks[i].size() != n_pixels)
       throw_usage("aupro: map or mask " + std::to_string(i) + " does not have " +
                   std::to_string(height) + "x" + std::to_string(width) + " pixels");
@@ -197,10 +207,10 @@ std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
   std::vector<float> normal;
   std::vector<RegionPixel> anomalous;
   std::vector<double> inverse_region_size;
-  normal.reserve(maps.size() * n_pixels - n_anomalous);
+  normal.reserve(n_all - n_anomalous);
   anomalous.reserve(n_anomalous);
   cv::Mat labels;
-  std::vector<uint64_t> sizes;
+  std::vector<uint64_t> region_sizes;
   for (size_t i = 0; i < maps.size(); ++i) {
     const float* map = maps[i].data();
     if (std::none_of(masks[i].begin(), masks[i].end(), [](uint8_t m) { return m != 0; })) {
@@ -208,21 +218,23 @@ std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
       continue;
     }
     // cv::Mat wants a mutable pointer; connectedComponents only reads its input.
+    const auto [height, width] = sizes[i];
+    const size_t n_pixels = masks[i].size();
     const cv::Mat mask(height, width, CV_8U, const_cast<uint8_t*>(masks[i].data()));
     const int n_labels = cv::connectedComponents(mask, labels, 8, CV_32S);
     const auto base = static_cast<uint32_t>(inverse_region_size.size());
-    sizes.assign(static_cast<size_t>(n_labels), 0);
+    region_sizes.assign(static_cast<size_t>(n_labels), 0);
     const int* label = labels.ptr<int>(0);  // a freshly allocated Mat is continuous
     for (size_t p = 0; p < n_pixels; ++p) {
       const int l = label[p];
       if (l == 0) {
         normal.push_back(map[p]);
       } else {
-        ++sizes[static_cast<size_t>(l)];
+        ++region_sizes[static_cast<size_t>(l)];
         anomalous.push_back({map[p], base + static_cast<uint32_t>(l - 1)});
       }
     }
-    for (int l = 1; l < n_labels; ++l) inverse_region_size.push_back(1.0 / sizes[l]);
+    for (int l = 1; l < n_labels; ++l) inverse_region_size.push_back(1.0 / region_sizes[l]);
   }
   if (inverse_region_size.empty() || normal.empty()) return std::nullopt;
 

@@ -53,5 +53,9 @@ struct Pro {
 std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
                          const std::vector<std::vector<uint8_t>>& masks, int height, int width,
                          double fpr_limit = 0.3);
+/// The same with a size per image (height, width), e.g. maps cut to each image's own rectangle.
+std::optional<Pro> aupro(const std::vector<std::vector<float>>& maps,
+                         const std::vector<std::vector<uint8_t>>& masks,
+                         const std::vector<std::pair<int, int>>& sizes, double fpr_limit = 0.3);
 
 }  // namespace patchcore

@@ -11,7 +11,8 @@ cv::Mat map_to_image(const AnomalyMap& map, const cv::Size& image_size, const Pr
   cv::Mat m(map.height, map.width, CV_32F, const_cast<float*>(map.values.data()));
   cv::Mat out;
   if (pre.crop <= 0) {
-    cv::resize(m, out, image_size, 0, 0, cv::INTER_LINEAR);
+    // The pad mode's border holds no image: only the content rectangle is mapped back.
+    cv::resize(m(content_rect(image_size, pre)), out, image_size, 0, 0, cv::INTER_LINEAR);
     return out;
   }
   // The crop is C x C pixels of the image resized so that its shorter side is S.

@@ -10,8 +10,8 @@
 namespace patchcore {
 
 /// The S x S anomaly map mapped back onto the original image's pixels (CV_32F, rows x cols of
-/// the image): resized bilinearly, or placed over the centre crop region when the model crops
-/// (outside the crop: the map's minimum).
+/// the image): resized bilinearly (in pad mode only the image's rectangle of the map), or placed
+/// over the centre crop region when the model crops (outside the crop: the map's minimum).
 cv::Mat map_to_image(const AnomalyMap& map, const cv::Size& image_size, const Preprocess& pre);
 
 /// The colour scale of a heatmap: lo -> blue, threshold -> the middle of the jet scale, hi ->

@@ -42,6 +42,7 @@ json params_to_json(const Params& p) {
               {"normalization", p.normalization},
               {"image_size", p.image_size},
               {"crop", p.crop},
+              {"resize", p.resize == Resize::pad ? "pad" : "squash"},
               {"embedding", to_string(p.embedding)},
               {"patch_size", p.patch_size},
               {"pretrain_dim", p.pretrain_dim},
@@ -69,6 +70,9 @@ Params params_from_json(const json& j) {
   p.normalization = j.at("normalization").get<std::string>();
   p.image_size = j.at("image_size").get<int>();
   p.crop = j.at("crop").get<int>();
+  const std::string resize = j.value("resize", "squash");  // absent before pad existed
+  if (resize != "squash" && resize != "pad") throw_usage("unknown resize \"" + resize + "\"");
+  p.resize = resize == "pad" ? Resize::pad : Resize::squash;
   p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
                                                                  : EmbeddingMode::concat;
   p.patch_size = j.at("patch_size").get<int>();
@@ -206,7 +210,9 @@ struct Model::Impl {
   mutable std::unique_ptr<Backbone> backbone;
   std::string source_file;  // for messages about a loaded model
 
-  Preprocess preprocess() const { return Preprocess{image_size, params.crop, normalization}; }
+  Preprocess preprocess() const {
+    return Preprocess{image_size, params.crop, normalization, params.resize};
+  }
   int input_size() const { return preprocess().input_size(); }
   EmbeddingParams embedding_params() const {
     return EmbeddingParams{params.embedding, params.patch_size, params.pretrain_dim,
@@ -368,6 +374,8 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
                                                  : 224;
   }
   if (params.crop > m.image_size) throw_usage("--crop must not exceed the image size");
+  if (params.resize == Resize::pad && params.crop > 0)
+    throw_usage("--resize pad keeps the whole image: it cannot be combined with --crop");
   m.params.layers = m.layers;
   m.params.image_size = m.image_size;
   m.params.normalization = to_string(m.normalization);

@@ -33,6 +33,7 @@ struct Row {
   std::string mask;
   int pixel_index = -1;    // into the pixel-metric maps/masks when the image has ground truth
   std::vector<float> map;  // kept only when pixel_index < 0: the galleries need every map
+  cv::Rect content;        // the image's rectangle of the map (all of it unless padded)
 };
 
 json optional_json(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
@@ -405,14 +406,14 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     throw_bad_input(o.out_dir.string(), "cannot create the output folder");
 
   const Params& params = model.params();
-  const Preprocess pre{params.image_size, params.crop,
-                       normalization_from_string(params.normalization)};
+  const Preprocess pre = preprocess_for(params);
   const int size = model.map_size();
   const Calibration& calib = model.calibration();
 
   std::vector<Row> rows;
   std::vector<std::vector<float>> maps;  // images with ground truth, for the pixel metrics
   std::vector<std::vector<uint8_t>> masks;
+  std::vector<std::pair<int, int>> pixel_sizes;  // maps and masks hold the content rectangle
   std::vector<float> pixel_scores;
   std::vector<uint8_t> pixel_labels;
   int n_without_mask = 0;
@@ -430,7 +431,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     std::vector<Prediction> preds = model.predict(paths, quiet);
     for (Prediction& p : preds) {
       const Sample& s = *by_path.at(p.path);
-      Row row{s, p.score, p.normalized_score, p.anomalous, "", "", -1, {}};
+      Row row{s, p.score, p.normalized_score, p.anomalous, "", "", -1, {}, {}};
+      row.content = content_rect(cv::Size(p.image_width, p.image_height), pre);
       // Ground truth with the model's geometry: normal images have an empty mask.
       cv::Mat gt;
       if (s.label == 0) {
@@ -448,12 +450,18 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         ++n_without_mask;
       }
       if (!gt.empty()) {
-        std::vector<uint8_t> m(gt.begin<uint8_t>(), gt.end<uint8_t>());
-        pixel_scores.insert(pixel_scores.end(), p.map.values.begin(), p.map.values.end());
+        // Pixel metrics over the image's own pixels: a pad is not part of the test image.
+        const cv::Mat gt_in = gt(row.content).clone();
+        const cv::Mat map_in =
+            cv::Mat(size, size, CV_32F, p.map.values.data())(row.content).clone();
+        std::vector<uint8_t> m(gt_in.begin<uint8_t>(), gt_in.end<uint8_t>());
+        std::vector<float> v(map_in.begin<float>(), map_in.end<float>());
+        pixel_scores.insert(pixel_scores.end(), v.begin(), v.end());
         pixel_labels.insert(pixel_labels.end(), m.begin(), m.end());
         row.pixel_index = static_cast<int>(maps.size());
-        maps.push_back(std::move(p.map.values));
+        maps.push_back(std::move(v));
         masks.push_back(std::move(m));
+        pixel_sizes.emplace_back(row.content.height, row.content.width);
       } else {
         row.map = std::move(p.map.values);
       }
@@ -466,6 +474,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rows.empty()) throw_bad_input("(test set)", "none of the test images could be read");
+  // Scores of the image's own pixels (the whole map unless padded).
   auto map_of = [&](const Row& r) -> const std::vector<float>& {
     return r.pixel_index >= 0 ? maps[r.pixel_index] : r.map;
   };
@@ -485,7 +494,14 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     if (!(scale.hi > scale.threshold)) scale.hi = scale.threshold + (scale.threshold - scale.lo);
   }
   auto overlay_of = [&](const cv::Mat& rgb, const Row& r) {
-    const AnomalyMap map{size, size, map_of(r)};
+    AnomalyMap map{size, size, r.map};
+    if (r.pixel_index >= 0) {  // back into a full map: map_to_image reads only the rectangle
+      cv::Mat full(size, size, CV_32F, cv::Scalar(0));
+      cv::Mat(r.content.height, r.content.width, CV_32F,
+              const_cast<float*>(maps[r.pixel_index].data()))
+          .copyTo(full(r.content));
+      map.values.assign(full.begin<float>(), full.end<float>());
+    }
     cv::Mat on_image = map_to_image(map, rgb.size(), pre);
     return std::pair(heatmap_overlay(rgb, on_image, calib, scale),
                      predicted_mask(on_image, calib));
@@ -519,7 +535,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       std::find(pixel_labels.begin(), pixel_labels.end(), 0) != pixel_labels.end();
   std::optional<Pro> pro;
   j["pixel_auroc"] = pixel_ok ? optional_json(auroc(pixel_scores, pixel_labels)) : json(nullptr);
-  if (pixel_ok) pro = aupro(maps, masks, size, size, 0.3);
+  if (pixel_ok) pro = aupro(maps, masks, pixel_sizes, 0.3);
   j["aupro"] = pro ? json(pro->aupro) : json(nullptr);
   j["n_pixel_images"] = maps.size();
   j["n_anomalous_without_mask"] = n_without_mask;
@@ -573,6 +589,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         if (r->pixel_index >= 0) pixel_rows.push_back(r->pixel_index);
       std::vector<std::vector<float>> kind_maps;
       std::vector<std::vector<uint8_t>> kind_masks;
+      std::vector<std::pair<int, int>> kind_sizes;
       std::vector<float> ps;
       std::vector<uint8_t> pl;
       bool has_defect = false;
@@ -591,8 +608,9 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         for (int i : pixel_rows) {
           kind_maps.push_back(maps[i]);
           kind_masks.push_back(masks[i]);
+          kind_sizes.push_back(pixel_sizes[i]);
         }
-        kind_pro = aupro(kind_maps, kind_masks, size, size, 0.3);
+        kind_pro = aupro(kind_maps, kind_masks, kind_sizes, 0.3);
       }
       k["aupro"] = kind_pro ? json(kind_pro->aupro) : json(nullptr);
     }
@@ -672,6 +690,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   html << "<h1>patchcore evaluation</h1><p class='sub'>" << rows.size() << " test images ("
        << normal.size() << " normal, " << anomalous.size() << " anomalous) &middot; backbone "
        << html_escape(backbone) << " &middot; map " << size << "&times;" << size
+       << (params.resize == Resize::pad ? " (padded; image pixels only)" : "")
        << " &middot; coreset " << fmt(params.coreset_ratio, 3) << " (at least "
        << params.coreset_min << " patches) &middot; "
        << fmt(j["ms_per_image"].get<double>(), 1) << " ms/image</p>";

@@ -356,6 +356,64 @@ TEST(Image, CropGeometry) {
   EXPECT_THROW(run(rgb, p), Error);
 }
 
+TEST(Image, PadKeepsTheAspectRatioAndPadsWithZeroInput) {
+  // 20 x 10 at S = 8: scale 0.4 -> 8 x 4, centred: rows 2..5, pad rows 0-1 and 6-7.
+  cv::Mat rgb;
+  cv::cvtColor(pattern_bgr(20, 10), rgb, cv::COLOR_BGR2RGB);
+  Preprocess p;
+  p.image_size = 8;
+  p.resize = patchcore::Resize::pad;
+  for (Normalization n : {Normalization::m11, Normalization::imagenet, Normalization::unit}) {
+    p.normalization = n;
+    EXPECT_EQ(patchcore::content_rect(rgb.size(), p), cv::Rect(0, 2, 8, 4));
+    cv::Mat resized;
+    cv::resize(rgb, resized, cv::Size(8, 4), 0, 0, cv::INTER_LINEAR);
+    const std::vector<float> ref = reference_chw(resized, n);  // 3 x 4 x 8
+    const std::vector<float> got = run(rgb, p);                // 3 x 8 x 8
+    ASSERT_EQ(got.size(), 3u * 64);
+    for (int c = 0; c < 3; ++c)
+      for (int y = 0; y < 8; ++y)
+        for (int x = 0; x < 8; ++x) {
+          const float v = got[static_cast<size_t>(c * 64 + y * 8 + x)];
+          if (y >= 2 && y < 6) {
+            ASSERT_NEAR(v, ref[static_cast<size_t>(c * 32 + (y - 2) * 8 + x)], 1e-6);
+          } else if (n == Normalization::unit) {
+            ASSERT_EQ(v, 0.0f);  // black
+          } else {
+            ASSERT_NEAR(v, 0.0f, 0.02f) << "pad of " << patchcore::to_string(n);
+          }
+        }
+  }
+  // Portrait 7 x 21 at S = 9: 3 x 9, the odd spare column goes right (x 3..5).
+  cv::cvtColor(pattern_bgr(7, 21), rgb, cv::COLOR_BGR2RGB);
+  p.image_size = 9;
+  EXPECT_EQ(patchcore::content_rect(rgb.size(), p), cv::Rect(3, 0, 3, 9));
+  // An extreme strip keeps at least one pixel.
+  EXPECT_EQ(patchcore::content_rect(cv::Size(1000, 1), p), cv::Rect(0, 4, 9, 1));
+  // A square image fills the input, as in squash mode.
+  EXPECT_EQ(patchcore::content_rect(cv::Size(30, 30), p), cv::Rect(0, 0, 9, 9));
+  p.resize = patchcore::Resize::squash;
+  EXPECT_EQ(patchcore::content_rect(rgb.size(), p), cv::Rect(0, 0, 9, 9));
+  // Padding keeps the whole image; a crop would contradict it.
+  p.resize = patchcore::Resize::pad;
+  p.crop = 5;
+  EXPECT_THROW(run(rgb, p), Error);
+  EXPECT_THROW(patchcore::content_rect(rgb.size(), p), Error);
+}
+
+TEST(Image, PaddedMaskFollowsThePaddedImage) {
+  cv::Mat mask(10, 20, CV_8UC1, cv::Scalar(0));
+  mask(cv::Rect(15, 5, 5, 5)).setTo(1);  // bottom-right quarter
+  Preprocess p;
+  p.image_size = 8;
+  p.resize = patchcore::Resize::pad;
+  const cv::Mat out = patchcore::preprocess_mask(mask, p);
+  ASSERT_EQ(out.size(), cv::Size(8, 8));
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 8; ++x)
+      EXPECT_EQ(out.at<uint8_t>(y, x), (y >= 4 && y < 6 && x >= 6) ? 1 : 0) << x << "," << y;
+}
+
 TEST(Image, MaskGeometryMatchesImageGeometry) {
   // Portrait 8 x 16 mask at S = 8 needs no resize; crop 4 starts at x 2, y 6.
   cv::Mat mask(16, 8, CV_8UC1, cv::Scalar(0));

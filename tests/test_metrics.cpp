@@ -81,12 +81,14 @@ std::vector<int> flood_fill_regions(const std::vector<uint8_t>& mask, int h, int
 }
 
 double reference_aupro(const std::vector<std::vector<float>>& maps,
-                       const std::vector<std::vector<uint8_t>>& masks, int h, int w, double limit) {
+                       const std::vector<std::vector<uint8_t>>& masks,
+                       const std::vector<std::pair<int, int>>& sizes, double limit) {
   std::vector<float> all;
   std::vector<int> region;  // global region id + 1 per pixel, 0 = normal
   std::vector<double> region_size{0};
   int base = 0;
   for (size_t i = 0; i < maps.size(); ++i) {
+    const auto [h, w] = sizes[i];
     int n = 0;
     const auto label = flood_fill_regions(masks[i], h, w, &n);
     region_size.resize(region_size.size() + n, 0);
@@ -116,6 +118,12 @@ double reference_aupro(const std::vector<std::vector<float>>& maps,
     y.push_back(pro / base);
   }
   return reference_area(x, y, limit);
+}
+
+double reference_aupro(const std::vector<std::vector<float>>& maps,
+                       const std::vector<std::vector<uint8_t>>& masks, int h, int w, double limit) {
+  return reference_aupro(maps, masks, std::vector<std::pair<int, int>>(maps.size(), {h, w}),
+                         limit);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,6 +423,39 @@ TEST(Aupro, MatchesSlowReferenceOnRandomMaps) {
       EXPECT_NEAR(p->curve.x.back(), limit, 1e-12);
     }
   }
+}
+
+TEST(Aupro, ImagesOfDifferentSizesMatchSlowReference) {
+  // Maps cut to each image's own rectangle (the pad resize) have a size each.
+  std::mt19937 rng(11);
+  std::vector<std::vector<float>> maps;
+  std::vector<std::vector<uint8_t>> masks;
+  std::vector<std::pair<int, int>> sizes;
+  for (int i = 0; i < 5; ++i) {
+    const int h = 5 + static_cast<int>(rng() % 9), w = 4 + static_cast<int>(rng() % 11);
+    std::vector<uint8_t> mask(static_cast<size_t>(h * w), 0);
+    std::vector<float> map(static_cast<size_t>(h * w));
+    if (i > 0) {
+      const int y0 = static_cast<int>(rng() % h), x0 = static_cast<int>(rng() % w);
+      for (int y = y0; y < std::min(h, y0 + 3); ++y)
+        for (int x = x0; x < std::min(w, x0 + 2); ++x) mask[static_cast<size_t>(y * w + x)] = 1;
+    }
+    std::normal_distribution<float> noise(0, 1);
+    for (size_t p = 0; p < map.size(); ++p) map[p] = noise(rng) + (mask[p] ? 1.2f : 0.0f);
+    maps.push_back(std::move(map));
+    masks.push_back(std::move(mask));
+    sizes.emplace_back(h, w);
+  }
+  for (double limit : {0.3, 1.0}) {
+    const auto p = aupro(maps, masks, sizes, limit);
+    ASSERT_TRUE(p.has_value());
+    EXPECT_NEAR(p->aupro, reference_aupro(maps, masks, sizes, limit), 1e-9) << limit;
+  }
+  // A size that does not match its map is the caller's mistake, reported as usage.
+  sizes[2].second += 1;
+  EXPECT_THROW(aupro(maps, masks, sizes, 0.3), patchcore::Error);
+  sizes.pop_back();
+  EXPECT_THROW(aupro(maps, masks, sizes, 0.3), patchcore::Error);
 }
 
 }  // namespace

@@ -115,4 +115,22 @@ TEST(Overlay, MapToImageResizesOrPlacesTheCropInTheCentre) {
   EXPECT_FLOAT_EQ(placed.at<float>(60, 120), 3.0f);
 }
 
+TEST(Overlay, MapToImageLeavesThePadOut) {
+  // A 200 x 100 image padded into 8 x 8 fills rows 2..5; the pad rows hold a huge score that
+  // must not reach the image.
+  patchcore::AnomalyMap map{8, 8, std::vector<float>(64, 100.0f)};
+  for (int y = 2; y < 6; ++y)
+    for (int x = 0; x < 8; ++x) map.values[static_cast<size_t>(y * 8 + x)] = static_cast<float>(x);
+  patchcore::Preprocess pad{8, 0, patchcore::Normalization::m11, patchcore::Resize::pad};
+  const cv::Mat on_image = patchcore::map_to_image(map, cv::Size(200, 100), pad);
+  ASSERT_EQ(on_image.size(), cv::Size(200, 100));
+  double lo = 0, hi = 0;
+  cv::minMaxLoc(on_image, &lo, &hi);
+  EXPECT_FLOAT_EQ(static_cast<float>(lo), 0.0f);
+  EXPECT_FLOAT_EQ(static_cast<float>(hi), 7.0f);
+  // Left to right as in the map, the same in every row.
+  EXPECT_LT(on_image.at<float>(0, 20), on_image.at<float>(0, 180));
+  EXPECT_FLOAT_EQ(on_image.at<float>(0, 100), on_image.at<float>(99, 100));
+}
+
 }  // namespace

@@ -208,6 +208,87 @@ TEST_F(Report, PerKindPixelMetricsMatchAPlainRecomputation) {
   }
 }
 
+// With --resize pad the pixel metrics cover each image's own pixels, never the pad.
+TEST(ReportPad, PixelMetricsLeaveThePadOut) {
+  if (patchcore::testing::built_backbones_dir().empty())
+    GTEST_SKIP() << "build/backbones missing: run scripts/setup";
+  TempDir tmp;
+  patchcore::SyntheticParams sp;
+  sp.size = 96;
+  sp.n_train = 8;
+  sp.n_test_good = 3;
+  sp.n_per_defect = 2;
+  patchcore::write_synthetic_dataset(tmp.path() / "data", sp);
+  patchcore::Dataset data = patchcore::scan_dataset(tmp.path() / "data");
+  // Landscape images of three heights: each image and its mask cut to a 96-wide band.
+  std::map<fs::path, int> height;
+  int i = 0;
+  for (const auto* list : {&data.train, &data.test})
+    for (const auto& s : *list) {
+      const int h = 40 + 8 * (i++ % 3);
+      height[s.image] = h;
+      cv::Mat img = cv::imread(s.image.string(), cv::IMREAD_UNCHANGED);
+      cv::imwrite(s.image.string(), img(cv::Rect(0, 24, 96, h)).clone());
+      if (s.mask) {
+        cv::Mat m = cv::imread(s.mask->string(), cv::IMREAD_UNCHANGED);
+        cv::imwrite(s.mask->string(), m(cv::Rect(0, 24, 96, h)).clone());
+      }
+    }
+  std::vector<fs::path> train;
+  for (const auto& s : data.train) train.push_back(s.image);
+  patchcore::Params params;
+  params.backbone = "mobilenet_v2";
+  params.image_size = 96;
+  params.resize = patchcore::Resize::pad;
+  params.threads = 2;
+  const patchcore::Model model = patchcore::Model::fit(train, params);
+  EXPECT_EQ(model.params().resize, patchcore::Resize::pad);
+  model.save(tmp.path() / "pad.patchcore");
+  EXPECT_EQ(patchcore::Model::load(tmp.path() / "pad.patchcore").params().resize,
+            patchcore::Resize::pad);
+  const auto result = patchcore::evaluate(model, data.test, {tmp.path() / "eval", true});
+  const json& m = result.metrics;
+
+  const patchcore::Preprocess pre = patchcore::preprocess_for(model.params());
+  const int size = model.map_size();
+  std::vector<float> inside, all;
+  std::vector<uint8_t> inside_labels, all_labels;
+  std::vector<std::vector<float>> maps;
+  std::vector<std::vector<uint8_t>> masks;
+  std::vector<std::pair<int, int>> sizes;
+  for (const auto& s : data.test) {
+    const patchcore::Prediction p = model.predict(s.image);
+    ASSERT_EQ(p.image_height, height[s.image]);
+    cv::Mat gt = s.mask ? patchcore::preprocess_mask(patchcore::load_mask(*s.mask, 0), pre)
+                        : cv::Mat::zeros(size, size, CV_8U);
+    const cv::Mat map(size, size, CV_32F, const_cast<float*>(p.map.values.data()));
+    const cv::Rect r = patchcore::content_rect(cv::Size(96, height[s.image]), pre);
+    EXPECT_EQ(r, cv::Rect(0, (96 - height[s.image]) / 2, 96, height[s.image]));
+    const cv::Mat map_in = map(r).clone(), gt_in = gt(r).clone();
+    inside.insert(inside.end(), map_in.begin<float>(), map_in.end<float>());
+    inside_labels.insert(inside_labels.end(), gt_in.begin<uint8_t>(), gt_in.end<uint8_t>());
+    all.insert(all.end(), p.map.values.begin(), p.map.values.end());
+    all_labels.insert(all_labels.end(), gt.begin<uint8_t>(), gt.end<uint8_t>());
+    maps.emplace_back(map_in.begin<float>(), map_in.end<float>());
+    masks.emplace_back(gt_in.begin<uint8_t>(), gt_in.end<uint8_t>());
+    sizes.emplace_back(r.height, r.width);
+  }
+  const double with_pad = plain_auroc(all, all_labels);
+  EXPECT_NEAR(m["pixel_auroc"].get<double>(), plain_auroc(inside, inside_labels), 1e-9);
+  EXPECT_GT(std::abs(m["pixel_auroc"].get<double>() - with_pad), 1e-6)
+      << "the pad changes the metric, so leaving it out is observable";
+  const auto pro = patchcore::aupro(maps, masks, sizes, 0.3);
+  ASSERT_TRUE(pro);
+  EXPECT_NEAR(m["aupro"].get<double>(), pro->aupro, 1e-9);
+  // The overlays are the images' own size.
+  for (const auto& s : data.test) {
+    const fs::path overlay = tmp.path() / "eval" / "images" / s.kind / (s.image.stem().string() + ".png");
+    const cv::Mat o = cv::imread(overlay.string());
+    ASSERT_FALSE(o.empty()) << overlay;
+    EXPECT_EQ(o.size(), cv::Size(96, height[s.image]));
+  }
+}
+
 TEST_F(Report, HtmlHoldsTheTablesCurvesAndGalleries) {
   const std::string& html = f_->html;
   for (const char* text : {"<table", "pixel AUROC", "AUPRO", "best F1", "id='roc'", "id='pro'",

@@ -18,6 +18,7 @@ struct FitOptions {
   std::string layers;  ///< comma-separated
   std::string embedding;
   std::string upsample;
+  std::string resize;
   std::map<std::string, CLI::Option*> given;  ///< option name -> option, to see what was set
 };
 

@@ -61,8 +61,7 @@ void add_predict(CLI::App& app) {
       cb.log(level, message);
     };
     const Params& params = model.params();
-    const Preprocess pre{params.image_size, params.crop,
-                         normalization_from_string(params.normalization)};
+    const Preprocess pre = preprocess_for(params);
     std::set<std::string> used;
     const size_t bs = static_cast<size_t>(params.batch_size);
     for (size_t start = 0; start < images.size(); start += bs) {

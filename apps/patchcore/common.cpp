@@ -26,6 +26,10 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["image-size"] = cmd.add_option("--image-size", p.image_size,
                                    "images are resized to S x S (0: the backbone's default: "
                                    "299 for inception_v3, 224 for mobilenet_v2)");
+  g["resize"] = cmd.add_option("--resize", o.resize,
+                               "squash (default: stretch to S x S) or pad (keep the aspect "
+                               "ratio: longer side to S, the rest padded)")
+                    ->check(CLI::IsMember({"squash", "pad"}));
   g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
                                                "to --image-size (0: no crop)");
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
@@ -90,6 +94,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("normalize")) p.normalization = u.normalization;
   if (given("image-size")) p.image_size = u.image_size;
   if (given("crop")) p.crop = u.crop;
+  if (given("resize")) p.resize = o.resize == "pad" ? Resize::pad : Resize::squash;
   if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
   if (given("coreset-min")) p.coreset_min = u.coreset_min;
   if (given("embedding"))

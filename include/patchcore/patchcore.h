@@ -56,6 +56,12 @@ enum class EmbeddingMode {
 
 enum class Upsample { bilinear, nearest };
 
+/// How an image becomes the S x S network input.
+enum class Resize {
+  squash,  ///< stretched to S x S (the paper, anomalib): shapes change with the aspect ratio
+  pad,     ///< longer side to S, aspect kept, the rest padded; scored and shown without the pad
+};
+
 struct Params {
   /// "paper", "anomalib" or "" (this project's defaults); recorded for `info`. Applying a
   /// preset's values is the caller's job (the CLI's --preset).
@@ -69,6 +75,7 @@ struct Params {
   std::string normalization;
   /// Input side S: images are resized to S x S. 0: the backbone's default.
   int image_size = 0;
+  Resize resize = Resize::squash;
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
   int crop = 0;
 

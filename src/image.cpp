@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <opencv2/imgcodecs.hpp>
@@ -34,6 +35,25 @@ Normalization normalization_from_string(const std::string& name) {
   if (name == "m11") return Normalization::m11;
   if (name == "unit") return Normalization::unit;
   throw_usage("unknown normalization '" + name + "' (expected imagenet, m11 or unit)");
+}
+
+const char* to_string(Resize r) {
+  switch (r) {
+    case Resize::squash:
+      return "squash";
+    case Resize::pad:
+      return "pad";
+    case Resize::fixed:
+      return "fixed";
+  }
+  return "?";
+}
+
+Resize resize_from_string(const std::string& name) {
+  if (name == "squash") return Resize::squash;
+  if (name == "pad") return Resize::pad;
+  if (name == "fixed") return Resize::fixed;
+  throw_usage("unknown resize '" + name + "' (expected squash, pad or fixed)");
 }
 
 namespace {
@@ -214,13 +234,19 @@ void check_geometry(const Preprocess& p) {
   if (p.crop > p.image_size)
     throw_usage("crop " + std::to_string(p.crop) + " is larger than the image size " +
                 std::to_string(p.image_size));
-  if (p.resize == Resize::pad && p.crop > 0)
-    throw_usage("the pad resize keeps the whole image: it cannot be combined with a crop");
+  if (p.resize != Resize::squash && p.crop > 0)
+    throw_usage(std::string("the ") + to_string(p.resize) +
+                " resize keeps the whole image: it cannot be combined with a crop");
+  if (p.resize == Resize::fixed && !(p.scale > 0 && std::isfinite(p.scale)))
+    throw_usage("the fixed resize needs a positive scale factor");
 }
 
-// The pad mode's rectangle: longer side S, each side rounded, centred (extra pixel right/bottom).
-cv::Rect pad_rect(const cv::Size& image, int s) {
-  const double scale = static_cast<double>(s) / std::max(image.width, image.height);
+// The pad modes' rectangle: scaled (longer side S, or the fixed factor when that fits), each
+// side rounded, centred (the extra pixel right / bottom).
+cv::Rect pad_rect(const cv::Size& image, const Preprocess& p) {
+  const int s = p.image_size;
+  double scale = static_cast<double>(s) / std::max(image.width, image.height);
+  if (p.resize == Resize::fixed) scale = std::min(scale, p.scale);
   const int w = std::clamp(static_cast<int>(std::lround(image.width * scale)), 1, s);
   const int h = std::clamp(static_cast<int>(std::lround(image.height * scale)), 1, s);
   return cv::Rect((s - w) / 2, (s - h) / 2, w, h);
@@ -233,8 +259,8 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
   PATCHCORE_ASSERT(!src.empty());
   const int s = p.image_size;
   cv::Mat resized;
-  if (p.resize == Resize::pad) {
-    const cv::Rect r = pad_rect(src.size(), s);
+  if (p.resize != Resize::squash) {
+    const cv::Rect r = pad_rect(src.size(), p);
     if (src.cols == s && src.rows == s) return src;
     cv::Mat out(s, s, src.type(), pad);
     cv::resize(src, resized, r.size(), 0, 0, interpolation);
@@ -266,13 +292,14 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
 }  // namespace
 
 Preprocess preprocess_for(const Params& p) {
-  return Preprocess{p.image_size, p.crop, normalization_from_string(p.normalization), p.resize};
+  return Preprocess{p.image_size, p.crop, normalization_from_string(p.normalization), p.resize,
+                    p.resize_scale};
 }
 
 cv::Rect content_rect(const cv::Size& image, const Preprocess& p) {
   check_geometry(p);
   PATCHCORE_ASSERT(image.width > 0 && image.height > 0);
-  if (p.resize == Resize::pad) return pad_rect(image, p.image_size);
+  if (p.resize != Resize::squash) return pad_rect(image, p);
   return cv::Rect(0, 0, p.input_size(), p.input_size());
 }
 

@@ -18,6 +18,9 @@ enum class Normalization {
 const char* to_string(Normalization n);
 /// Throws Error(usage) on an unknown name.
 Normalization normalization_from_string(const std::string& name);
+const char* to_string(Resize r);
+/// Throws Error(usage) on an unknown name.
+Resize resize_from_string(const std::string& name);
 
 /// Loads a file as CV_8UC3 in RGB order. Grey is replicated, alpha is dropped, 16-bit is scaled
 /// to 8-bit (/257), float images are taken as [0, 1]. EXIF orientation is ignored (as PIL and
@@ -35,7 +38,8 @@ struct Preprocess {
   int image_size = 224;  ///< resize to S x S (crop == 0) or shorter side to S (crop > 0)
   int crop = 0;          ///< centre crop C x C after the resize; 0: none
   Normalization normalization = Normalization::m11;
-  Resize resize = Resize::squash;  ///< pad: longer side to S, centred, padded (no crop allowed)
+  Resize resize = Resize::squash;  ///< pad/fixed: aspect kept, centred, padded (no crop allowed)
+  double scale = 0;                ///< Resize::fixed: the common factor (> 0)
   /// Side of the network input: crop when set, else image_size.
   int input_size() const { return crop > 0 ? crop : image_size; }
 };
@@ -50,7 +54,9 @@ Preprocess preprocess_for(const Params& p);
 /// Resize::pad scales by S / longer side (each side rounded, at least 1 pixel), centres the
 /// image (extra pixel right / bottom) and pads with the colour the normalisation maps to zero
 /// (the ImageNet mean, mid grey for m11, black for unit), so that the pad looks like nothing.
-/// Throws Error(usage) when image_size <= 0, crop < 0, crop > image_size or pad with a crop.
+/// Resize::fixed does the same with the factor min(scale, S / longer side).
+/// Throws Error(usage) when image_size <= 0, crop < 0, crop > image_size, pad or fixed with a
+/// crop, or fixed without a positive scale.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst);
 
 /// Where an image of this size lands in the network input: the pad mode's centred rectangle,

@@ -42,7 +42,8 @@ json params_to_json(const Params& p) {
               {"normalization", p.normalization},
               {"image_size", p.image_size},
               {"crop", p.crop},
-              {"resize", p.resize == Resize::pad ? "pad" : "squash"},
+              {"resize", to_string(p.resize)},
+              {"resize_scale", p.resize_scale},
               {"embedding", to_string(p.embedding)},
               {"patch_size", p.patch_size},
               {"pretrain_dim", p.pretrain_dim},
@@ -70,9 +71,8 @@ Params params_from_json(const json& j) {
   p.normalization = j.at("normalization").get<std::string>();
   p.image_size = j.at("image_size").get<int>();
   p.crop = j.at("crop").get<int>();
-  const std::string resize = j.value("resize", "squash");  // absent before pad existed
-  if (resize != "squash" && resize != "pad") throw_usage("unknown resize \"" + resize + "\"");
-  p.resize = resize == "pad" ? Resize::pad : Resize::squash;
+  p.resize = resize_from_string(j.value("resize", "squash"));  // absent in older files
+  p.resize_scale = j.value("resize_scale", 0.0);
   p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
                                                                  : EmbeddingMode::concat;
   p.patch_size = j.at("patch_size").get<int>();
@@ -211,7 +211,7 @@ struct Model::Impl {
   std::string source_file;  // for messages about a loaded model
 
   Preprocess preprocess() const {
-    return Preprocess{image_size, params.crop, normalization, params.resize};
+    return Preprocess{image_size, params.crop, normalization, params.resize, params.resize_scale};
   }
   int input_size() const { return preprocess().input_size(); }
   EmbeddingParams embedding_params() const {
@@ -374,8 +374,27 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
                                                  : 224;
   }
   if (params.crop > m.image_size) throw_usage("--crop must not exceed the image size");
-  if (params.resize == Resize::pad && params.crop > 0)
-    throw_usage("--resize pad keeps the whole image: it cannot be combined with --crop");
+  if (params.resize != Resize::squash && params.crop > 0)
+    throw_usage(std::string("--resize ") + to_string(params.resize) +
+                " keeps the whole image: it cannot be combined with --crop");
+  if (params.resize == Resize::fixed) {
+    // One factor for all: the largest training image fills S. Sizes need a decode each (a few
+    // per cent of the fit); unreadable images are reported by the extraction below.
+    int largest = 0;
+    for (const fs::path& f : images) {
+      try {
+        const cv::Mat img = load_rgb(f);
+        largest = std::max({largest, img.cols, img.rows});
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::bad_input) throw;
+      }
+    }
+    if (largest > 0) m.params.resize_scale = static_cast<double>(m.image_size) / largest;
+    log(cb, LogLevel::info,
+        "fixed resize: every image scaled by " + std::to_string(m.params.resize_scale) +
+            " (the largest training side, " + std::to_string(largest) + " px, fills " +
+            std::to_string(m.image_size) + ")");
+  }
   m.params.layers = m.layers;
   m.params.image_size = m.image_size;
   m.params.normalization = to_string(m.normalization);
@@ -561,6 +580,7 @@ Model Model::load(const fs::path& file, const Callbacks&) {
     m.layers = b.at("layers").get<std::vector<std::string>>();
     m.normalization = normalization_from_string(b.at("normalization").get<std::string>());
     m.image_size = b.at("image_size").get<int>();
+    content_rect(cv::Size(1, 1), m.preprocess());  // throws on a geometry that cannot work
     m.calibration = calibration_from_json(json::parse(c.metadata.at("calibration")));
     const json g = json::parse(c.metadata.at("grid"));
     m.grid_h = g.at(0).get<int>();

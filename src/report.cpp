@@ -690,7 +690,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   html << "<h1>patchcore evaluation</h1><p class='sub'>" << rows.size() << " test images ("
        << normal.size() << " normal, " << anomalous.size() << " anomalous) &middot; backbone "
        << html_escape(backbone) << " &middot; map " << size << "&times;" << size
-       << (params.resize == Resize::pad ? " (padded; image pixels only)" : "")
+       << (params.resize != Resize::squash ? " (padded; image pixels only)" : "")
        << " &middot; coreset " << fmt(params.coreset_ratio, 3) << " (at least "
        << params.coreset_min << " patches) &middot; "
        << fmt(j["ms_per_image"].get<double>(), 1) << " ms/image</p>";

@@ -401,6 +401,39 @@ TEST(Image, PadKeepsTheAspectRatioAndPadsWithZeroInput) {
   EXPECT_THROW(patchcore::content_rect(rgb.size(), p), Error);
 }
 
+TEST(Image, FixedScaleKeepsSizesComparableAndFitsLargeImages) {
+  Preprocess p;
+  p.image_size = 100;
+  p.resize = patchcore::Resize::fixed;
+  p.scale = 0.5;
+  // Every image by 0.5, centred: 120 x 60 -> 60 x 30, 40 x 80 -> 20 x 40.
+  EXPECT_EQ(patchcore::content_rect(cv::Size(120, 60), p), cv::Rect(20, 35, 60, 30));
+  EXPECT_EQ(patchcore::content_rect(cv::Size(40, 80), p), cv::Rect(40, 30, 20, 40));
+  // Too large for 0.5: scaled to fit, as pad would.
+  EXPECT_EQ(patchcore::content_rect(cv::Size(400, 100), p), cv::Rect(0, 37, 100, 25));
+  // The pixels are the image resized by the factor.
+  cv::Mat rgb;
+  cv::cvtColor(pattern_bgr(40, 20), rgb, cv::COLOR_BGR2RGB);
+  p.normalization = Normalization::unit;
+  cv::Mat resized;
+  cv::resize(rgb, resized, cv::Size(20, 10), 0, 0, cv::INTER_LINEAR);
+  const std::vector<float> ref = reference_chw(resized, Normalization::unit);
+  const std::vector<float> got = run(rgb, p);
+  ASSERT_EQ(got.size(), 3u * 100 * 100);
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 10; ++y)
+      for (int x = 0; x < 20; ++x)
+        ASSERT_NEAR(got[static_cast<size_t>(c * 10000 + (45 + y) * 100 + 40 + x)],
+                    ref[static_cast<size_t>(c * 200 + y * 20 + x)], 1e-6);
+  EXPECT_EQ(got[0], 0.0f);  // pad
+  // A fixed resize without its factor is a usage error, not a silent squash.
+  p.scale = 0;
+  EXPECT_THROW(run(rgb, p), Error);
+  EXPECT_EQ(patchcore::resize_from_string("fixed"), patchcore::Resize::fixed);
+  EXPECT_STREQ(patchcore::to_string(patchcore::Resize::pad), "pad");
+  EXPECT_THROW(patchcore::resize_from_string("stretch"), Error);
+}
+
 TEST(Image, PaddedMaskFollowsThePaddedImage) {
   cv::Mat mask(10, 20, CV_8UC1, cv::Scalar(0));
   mask(cv::Rect(15, 5, 5, 5)).setTo(1);  // bottom-right quarter

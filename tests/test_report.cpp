@@ -246,6 +246,14 @@ TEST(ReportPad, PixelMetricsLeaveThePadOut) {
   model.save(tmp.path() / "pad.patchcore");
   EXPECT_EQ(patchcore::Model::load(tmp.path() / "pad.patchcore").params().resize,
             patchcore::Resize::pad);
+  // fixed: one factor from the largest training image (96 wide fills 96).
+  params.resize = patchcore::Resize::fixed;
+  const patchcore::Model fixed = patchcore::Model::fit(train, params);
+  EXPECT_DOUBLE_EQ(fixed.params().resize_scale, 1.0);
+  fixed.save(tmp.path() / "fixed.patchcore");
+  const patchcore::Model loaded = patchcore::Model::load(tmp.path() / "fixed.patchcore");
+  EXPECT_EQ(loaded.params().resize, patchcore::Resize::fixed);
+  EXPECT_DOUBLE_EQ(loaded.params().resize_scale, 1.0);
   const auto result = patchcore::evaluate(model, data.test, {tmp.path() / "eval", true});
   const json& m = result.metrics;
 

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "image.h"
 
 namespace patchcore::cli {
 
@@ -27,9 +28,10 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
                                    "images are resized to S x S (0: the backbone's default: "
                                    "299 for inception_v3, 224 for mobilenet_v2)");
   g["resize"] = cmd.add_option("--resize", o.resize,
-                               "squash (default: stretch to S x S) or pad (keep the aspect "
-                               "ratio: longer side to S, the rest padded)")
-                    ->check(CLI::IsMember({"squash", "pad"}));
+                               "squash (default: stretch to S x S), pad (keep the aspect "
+                               "ratio: longer side to S, the rest padded) or fixed (as pad, "
+                               "one scale for all: the largest training image fills S)")
+                    ->check(CLI::IsMember({"squash", "pad", "fixed"}));
   g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
                                                "to --image-size (0: no crop)");
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
@@ -94,7 +96,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("normalize")) p.normalization = u.normalization;
   if (given("image-size")) p.image_size = u.image_size;
   if (given("crop")) p.crop = u.crop;
-  if (given("resize")) p.resize = o.resize == "pad" ? Resize::pad : Resize::squash;
+  if (given("resize")) p.resize = resize_from_string(o.resize);
   if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
   if (given("coreset-min")) p.coreset_min = u.coreset_min;
   if (given("embedding"))

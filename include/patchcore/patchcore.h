@@ -60,6 +60,10 @@ enum class Upsample { bilinear, nearest };
 enum class Resize {
   squash,  ///< stretched to S x S (the paper, anomalib): shapes change with the aspect ratio
   pad,     ///< longer side to S, aspect kept, the rest padded; scored and shown without the pad
+  /// as pad, but one scale factor for every image (the largest training image fills S), so
+  /// that a defect of a given size in pixels looks the same in every image, as when images
+  /// are crops from one camera; a test image too large for S is scaled down to fit
+  fixed,
 };
 
 struct Params {
@@ -76,6 +80,7 @@ struct Params {
   /// Input side S: images are resized to S x S. 0: the backbone's default.
   int image_size = 0;
   Resize resize = Resize::squash;
+  double resize_scale = 0;  ///< Resize::fixed: the factor fit found (S / largest side); else 0
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
   int crop = 0;
 

@@ -49,6 +49,14 @@ const char* to_string(Resize r) {
   return "?";
 }
 
+const char* to_string(Intensity i) { return i == Intensity::keep ? "keep" : "standardize"; }
+
+Intensity intensity_from_string(const std::string& name) {
+  if (name == "keep") return Intensity::keep;
+  if (name == "standardize") return Intensity::standardize;
+  throw_usage("unknown intensity '" + name + "' (expected keep or standardize)");
+}
+
 Resize resize_from_string(const std::string& name) {
   if (name == "squash") return Resize::squash;
   if (name == "pad") return Resize::pad;
@@ -292,8 +300,8 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
 }  // namespace
 
 Preprocess preprocess_for(const Params& p) {
-  return Preprocess{p.image_size, p.crop, normalization_from_string(p.normalization), p.resize,
-                    p.resize_scale};
+  return Preprocess{p.image_size,   p.crop,          normalization_from_string(p.normalization),
+                    p.resize,       p.resize_scale, p.intensity};
 }
 
 cv::Rect content_rect(const cv::Size& image, const Preprocess& p) {
@@ -312,25 +320,45 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
   const cv::Mat img = apply_geometry(rgb, p, cv::INTER_LINEAR, pad);
   const int n = p.input_size();
   PATCHCORE_ASSERT(img.rows == n && img.cols == n);
+  const cv::Rect content = content_rect(rgb.size(), p);
 
-  // A table per channel: exact per value and cheaper than arithmetic per pixel.
-  std::array<std::array<float, 256>, 3> lut{};
+  // Per-channel affine map of 8-bit values before the network's normalisation: identity, or
+  // this image's statistics (inside its content) to ImageNet's.
+  std::array<double, 3> gain{1, 1, 1}, offset{0, 0, 0};
+  if (p.intensity == Intensity::standardize) {
+    static constexpr double kTargetMean[3] = {0.485 * 255, 0.456 * 255, 0.406 * 255};
+    static constexpr double kTargetStd[3] = {0.229 * 255, 0.224 * 255, 0.225 * 255};
+    cv::Scalar mean, sd;
+    cv::meanStdDev(img(content), mean, sd);
+    for (int c = 0; c < 3; ++c) {
+      // A flat channel stays flat rather than amplifying sub-level noise without bound.
+      gain[c] = kTargetStd[c] / std::max(sd[c], 1.0);
+      offset[c] = kTargetMean[c] - gain[c] * mean[c];
+    }
+  }
+
+  // Tables per channel: exact per value and cheaper than arithmetic per pixel. `lut` serves
+  // the image, `pad_lut` the pad (never standardised: the pad must stay zero input).
+  std::array<std::array<float, 256>, 3> lut{}, pad_lut{};
   static constexpr float kMean[3] = {0.485f, 0.456f, 0.406f};
   static constexpr float kStd[3] = {0.229f, 0.224f, 0.225f};
+  auto normalise = [&](int c, float x) {
+    switch (p.normalization) {
+      case Normalization::imagenet:
+        return (x / 255.0f - kMean[c]) / kStd[c];
+      case Normalization::m11:
+        return x / 127.5f - 1.0f;
+      case Normalization::unit:
+        break;
+    }
+    return x / 255.0f;
+  };
   for (int c = 0; c < 3; ++c) {
     for (int v = 0; v < 256; ++v) {
-      const float x = static_cast<float>(v);
-      switch (p.normalization) {
-        case Normalization::imagenet:
-          lut[c][v] = (x / 255.0f - kMean[c]) / kStd[c];
-          break;
-        case Normalization::m11:
-          lut[c][v] = x / 127.5f - 1.0f;
-          break;
-        case Normalization::unit:
-          lut[c][v] = x / 255.0f;
-          break;
-      }
+      pad_lut[c][v] = normalise(c, static_cast<float>(v));
+      const double x = std::clamp(gain[c] * v + offset[c], 0.0, 255.0);
+      lut[c][v] = p.intensity == Intensity::keep ? pad_lut[c][v]
+                                                  : normalise(c, static_cast<float>(x));
     }
   }
   const size_t plane = static_cast<size_t>(n) * n;
@@ -339,10 +367,12 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
     float* r = dst + static_cast<size_t>(y) * n;
     float* g = r + plane;
     float* b = g + plane;
+    const bool row_in = y >= content.y && y < content.y + content.height;
     for (int x = 0; x < n; ++x) {
-      r[x] = lut[0][row[3 * x]];
-      g[x] = lut[1][row[3 * x + 1]];
-      b[x] = lut[2][row[3 * x + 2]];
+      const auto& t = row_in && x >= content.x && x < content.x + content.width ? lut : pad_lut;
+      r[x] = t[0][row[3 * x]];
+      g[x] = t[1][row[3 * x + 1]];
+      b[x] = t[2][row[3 * x + 2]];
     }
   }
 }

@@ -19,6 +19,9 @@ const char* to_string(Normalization n);
 /// Throws Error(usage) on an unknown name.
 Normalization normalization_from_string(const std::string& name);
 const char* to_string(Resize r);
+const char* to_string(Intensity i);
+/// Throws Error(usage) on an unknown name.
+Intensity intensity_from_string(const std::string& name);
 /// Throws Error(usage) on an unknown name.
 Resize resize_from_string(const std::string& name);
 
@@ -40,6 +43,11 @@ struct Preprocess {
   Normalization normalization = Normalization::m11;
   Resize resize = Resize::squash;  ///< pad/fixed: aspect kept, centred, padded (no crop allowed)
   double scale = 0;                ///< Resize::fixed: the common factor (> 0)
+  /// standardize: per image and channel, an affine map of the 8-bit values (clamped to 0-255)
+  /// that gives the image's pixels (the pad excluded) ImageNet's mean and standard deviation,
+  /// 255 * (0.485, 0.456, 0.406) and 255 * (0.229, 0.224, 0.225); a standard deviation below
+  /// one grey level counts as one. Removes exposure and contrast differences between images.
+  Intensity intensity = Intensity::keep;
   /// Side of the network input: crop when set, else image_size.
   int input_size() const { return crop > 0 ? crop : image_size; }
 };

@@ -44,6 +44,7 @@ json params_to_json(const Params& p) {
               {"crop", p.crop},
               {"resize", to_string(p.resize)},
               {"resize_scale", p.resize_scale},
+              {"intensity", to_string(p.intensity)},
               {"embedding", to_string(p.embedding)},
               {"patch_size", p.patch_size},
               {"pretrain_dim", p.pretrain_dim},
@@ -73,6 +74,7 @@ Params params_from_json(const json& j) {
   p.crop = j.at("crop").get<int>();
   p.resize = resize_from_string(j.value("resize", "squash"));  // absent in older files
   p.resize_scale = j.value("resize_scale", 0.0);
+  p.intensity = intensity_from_string(j.value("intensity", "keep"));
   p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
                                                                  : EmbeddingMode::concat;
   p.patch_size = j.at("patch_size").get<int>();
@@ -211,7 +213,8 @@ struct Model::Impl {
   std::string source_file;  // for messages about a loaded model
 
   Preprocess preprocess() const {
-    return Preprocess{image_size, params.crop, normalization, params.resize, params.resize_scale};
+    return Preprocess{image_size,    params.crop,         normalization,
+                      params.resize, params.resize_scale, params.intensity};
   }
   int input_size() const { return preprocess().input_size(); }
   EmbeddingParams embedding_params() const {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -432,6 +433,96 @@ TEST(Image, FixedScaleKeepsSizesComparableAndFitsLargeImages) {
   EXPECT_EQ(patchcore::resize_from_string("fixed"), patchcore::Resize::fixed);
   EXPECT_STREQ(patchcore::to_string(patchcore::Resize::pad), "pad");
   EXPECT_THROW(patchcore::resize_from_string("stretch"), Error);
+}
+
+// Per-channel statistics of the input in 8-bit units (unit normalisation: value * 255).
+std::array<std::pair<double, double>, 3> channel_stats(const std::vector<float>& chw, int n,
+                                                       const cv::Rect& r) {
+  std::array<std::pair<double, double>, 3> out{};
+  for (int c = 0; c < 3; ++c) {
+    double s = 0, ss = 0, k = 0;
+    for (int y = r.y; y < r.y + r.height; ++y)
+      for (int x = r.x; x < r.x + r.width; ++x) {
+        const double v = 255.0 * chw[static_cast<size_t>(c * n * n + y * n + x)];
+        s += v;
+        ss += v * v;
+        ++k;
+      }
+    out[c] = {s / k, std::sqrt(std::max(0.0, ss / k - (s / k) * (s / k)))};
+  }
+  return out;
+}
+
+TEST(Image, StandardizeGivesImageNetStatisticsAndIgnoresExposure) {
+  // A grey texture and the same texture at another exposure and contrast (2x - 50): the same
+  // network input once standardised.
+  cv::Mat grey(24, 24, CV_8UC1);
+  for (int y = 0; y < 24; ++y)
+    for (int x = 0; x < 24; ++x) grey.at<uint8_t>(y, x) = static_cast<uint8_t>(60 + (x * 7 + y * 13) % 41);
+  cv::Mat bright = grey * 2 - 50;
+  cv::Mat a, b;
+  cv::cvtColor(grey, a, cv::COLOR_GRAY2RGB);
+  cv::cvtColor(bright, b, cv::COLOR_GRAY2RGB);
+  Preprocess p;
+  p.image_size = 24;
+  p.normalization = Normalization::unit;
+  p.intensity = patchcore::Intensity::standardize;
+  const std::vector<float> ga = run(a, p), gb = run(b, p);
+  for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-5) << i;
+  const auto st = channel_stats(ga, 24, cv::Rect(0, 0, 24, 24));
+  const double mean[3] = {0.485 * 255, 0.456 * 255, 0.406 * 255};
+  const double sd[3] = {0.229 * 255, 0.224 * 255, 0.225 * 255};
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(st[c].first, mean[c], 0.5) << c;
+    EXPECT_NEAR(st[c].second, sd[c], 0.5) << c;
+  }
+  // keep: the exposure shows.
+  p.intensity = patchcore::Intensity::keep;
+  const std::vector<float> ka = run(a, p), kb = run(b, p);
+  double diff = 0;
+  for (size_t i = 0; i < ka.size(); ++i) diff += std::abs(ka[i] - kb[i]);
+  EXPECT_GT(diff / static_cast<double>(ka.size()), 0.1);  // mean (x - 50) / 255 is about 0.1+
+  EXPECT_EQ(patchcore::intensity_from_string("standardize"), patchcore::Intensity::standardize);
+  EXPECT_THROW(patchcore::intensity_from_string("equalize"), Error);
+}
+
+TEST(Image, StandardizeLeavesThePadAloneAndFlatImagesFinite) {
+  cv::Mat rgb;
+  cv::cvtColor(pattern_bgr(20, 10), rgb, cv::COLOR_BGR2RGB);
+  Preprocess p;
+  p.image_size = 20;
+  p.resize = patchcore::Resize::pad;
+  p.normalization = Normalization::imagenet;
+  p.intensity = patchcore::Intensity::standardize;
+  const std::vector<float> got = run(rgb, p);
+  const cv::Rect r = patchcore::content_rect(rgb.size(), p);  // rows 5..14
+  ASSERT_EQ(r, cv::Rect(0, 5, 20, 10));
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 20; ++y)
+      for (int x = 0; x < 20; ++x)
+        if (!r.contains(cv::Point(x, y)))
+          ASSERT_NEAR(got[static_cast<size_t>(c * 400 + y * 20 + x)], 0.0f, 0.02f) << "pad";
+  // Inside: ImageNet's statistics, i.e. mean 0 and spread 1 after the imagenet normalisation.
+  for (int c = 0; c < 3; ++c) {
+    double s = 0, ss = 0;
+    for (int y = r.y; y < r.br().y; ++y)
+      for (int x = 0; x < 20; ++x) {
+        const double v = got[static_cast<size_t>(c * 400 + y * 20 + x)];
+        s += v;
+        ss += v * v;
+      }
+    const double m = s / 200, sd = std::sqrt(ss / 200 - m * m);
+    EXPECT_NEAR(m, 0.0, 0.1) << c;  // clamping at 0/255 may pull a little
+    EXPECT_NEAR(sd, 1.0, 0.1) << c;
+  }
+  // A flat image: finite, and the target mean everywhere.
+  cv::Mat flat(8, 8, CV_8UC3, cv::Scalar(200, 10, 90));
+  p.resize = patchcore::Resize::squash;
+  p.image_size = 8;
+  for (float v : run(flat, p)) {
+    ASSERT_TRUE(std::isfinite(v));
+    ASSERT_NEAR(v, 0.0f, 0.02f);
+  }
 }
 
 TEST(Image, PaddedMaskFollowsThePaddedImage) {

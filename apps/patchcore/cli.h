@@ -19,6 +19,7 @@ struct FitOptions {
   std::string embedding;
   std::string upsample;
   std::string resize;
+  std::string intensity;
   std::map<std::string, CLI::Option*> given;  ///< option name -> option, to see what was set
 };
 

@@ -32,6 +32,10 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
                                "ratio: longer side to S, the rest padded) or fixed (as pad, "
                                "one scale for all: the largest training image fills S)")
                     ->check(CLI::IsMember({"squash", "pad", "fixed"}));
+  g["intensity"] = cmd.add_option("--intensity", o.intensity,
+                                  "keep (default) or standardize (each image's channels to "
+                                  "ImageNet's mean and spread: removes exposure differences)")
+                       ->check(CLI::IsMember({"keep", "standardize"}));
   g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
                                                "to --image-size (0: no crop)");
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
@@ -97,6 +101,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("image-size")) p.image_size = u.image_size;
   if (given("crop")) p.crop = u.crop;
   if (given("resize")) p.resize = resize_from_string(o.resize);
+  if (given("intensity")) p.intensity = intensity_from_string(o.intensity);
   if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
   if (given("coreset-min")) p.coreset_min = u.coreset_min;
   if (given("embedding"))

@@ -56,6 +56,12 @@ enum class EmbeddingMode {
 
 enum class Upsample { bilinear, nearest };
 
+/// Intensities before the network.
+enum class Intensity {
+  keep,         ///< as they are (the paper)
+  standardize,  ///< each image's channels brought to ImageNet's mean and spread (per image)
+};
+
 /// How an image becomes the S x S network input.
 enum class Resize {
   squash,  ///< stretched to S x S (the paper, anomalib): shapes change with the aspect ratio
@@ -81,6 +87,7 @@ struct Params {
   int image_size = 0;
   Resize resize = Resize::squash;
   double resize_scale = 0;  ///< Resize::fixed: the factor fit found (S / largest side); else 0
+  Intensity intensity = Intensity::keep;
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
   int crop = 0;
 

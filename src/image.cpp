@@ -49,12 +49,23 @@ const char* to_string(Resize r) {
   return "?";
 }
 
-const char* to_string(Intensity i) { return i == Intensity::keep ? "keep" : "standardize"; }
+const char* to_string(Intensity i) {
+  switch (i) {
+    case Intensity::keep:
+      return "keep";
+    case Intensity::standardize:
+      return "standardize";
+    case Intensity::automatic:
+      return "auto";
+  }
+  return "?";
+}
 
 Intensity intensity_from_string(const std::string& name) {
   if (name == "keep") return Intensity::keep;
   if (name == "standardize") return Intensity::standardize;
-  throw_usage("unknown intensity '" + name + "' (expected keep or standardize)");
+  if (name == "auto") return Intensity::automatic;
+  throw_usage("unknown intensity '" + name + "' (expected auto, keep or standardize)");
 }
 
 Resize resize_from_string(const std::string& name) {
@@ -247,6 +258,8 @@ void check_geometry(const Preprocess& p) {
                 " resize keeps the whole image: it cannot be combined with a crop");
   if (p.resize == Resize::fixed && !(p.scale > 0 && std::isfinite(p.scale)))
     throw_usage("the fixed resize needs a positive scale factor");
+  if (p.intensity == Intensity::automatic)
+    throw_usage("the intensity rule 'auto' must be resolved by fit before images are prepared");
 }
 
 // The pad modes' rectangle: scaled (longer side S, or the fixed factor when that fits), each

@@ -47,7 +47,7 @@ struct Preprocess {
   /// that gives the image's pixels (the pad excluded) ImageNet's mean and standard deviation,
   /// 255 * (0.485, 0.456, 0.406) and 255 * (0.229, 0.224, 0.225); a standard deviation below
   /// one grey level counts as one. Removes exposure and contrast differences between images.
-  Intensity intensity = Intensity::keep;
+  Intensity intensity = Intensity::keep;  ///< automatic is rejected: fit resolves it first
   /// Side of the network input: crop when set, else image_size.
   int input_size() const { return crop > 0 ? crop : image_size; }
 };
@@ -64,7 +64,7 @@ Preprocess preprocess_for(const Params& p);
 /// (the ImageNet mean, mid grey for m11, black for unit), so that the pad looks like nothing.
 /// Resize::fixed does the same with the factor min(scale, S / longer side).
 /// Throws Error(usage) when image_size <= 0, crop < 0, crop > image_size, pad or fixed with a
-/// crop, or fixed without a positive scale.
+/// crop, fixed without a positive scale, or an unresolved (automatic) intensity.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst);
 
 /// Where an image of this size lands in the network input: the pad mode's centred rectangle,

@@ -380,18 +380,40 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
   if (params.resize != Resize::squash && params.crop > 0)
     throw_usage(std::string("--resize ") + to_string(params.resize) +
                 " keeps the whole image: it cannot be combined with --crop");
-  if (params.resize == Resize::fixed) {
-    // One factor for all: the largest training image fills S. Sizes need a decode each (a few
-    // per cent of the fit); unreadable images are reported by the extraction below.
-    int largest = 0;
+  int largest = 0;
+  if (params.resize == Resize::fixed || params.intensity == Intensity::automatic) {
+    // What the rules need from the training images: the largest side (fixed: it fills S) and
+    // the spread of mean brightness (automatic intensity). A decode each, a few per cent of
+    // the fit; unreadable images are reported by the extraction below.
+    std::vector<double> brightness;
     for (const fs::path& f : images) {
       try {
         const cv::Mat img = load_rgb(f);
         largest = std::max({largest, img.cols, img.rows});
+        const cv::Scalar mean = cv::mean(img);
+        brightness.push_back((mean[0] + mean[1] + mean[2]) / 3.0);
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::bad_input) throw;
       }
     }
+    if (params.intensity == Intensity::automatic) {
+      double variation = 0;
+      if (brightness.size() >= 2) {
+        const double n_b = static_cast<double>(brightness.size());
+        const double mean = std::accumulate(brightness.begin(), brightness.end(), 0.0) / n_b;
+        double ss = 0;
+        for (double b : brightness) ss += (b - mean) * (b - mean);
+        variation = mean > 0 ? std::sqrt(ss / n_b) / mean : 0;
+      }
+      m.params.intensity =
+          variation > kIntensityVariation ? Intensity::standardize : Intensity::keep;
+      log(cb, LogLevel::info,
+          std::string("intensity: ") + to_string(m.params.intensity) +
+              " (training images' mean brightness varies by " + std::to_string(variation) +
+              ", rule: standardize above " + std::to_string(kIntensityVariation) + ")");
+    }
+  }
+  if (params.resize == Resize::fixed) {
     if (largest > 0) m.params.resize_scale = static_cast<double>(m.image_size) / largest;
     log(cb, LogLevel::info,
         "fixed resize: every image scaled by " + std::to_string(m.params.resize_scale) +

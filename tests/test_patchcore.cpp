@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include "dataset.h"
 #include "synthetic.h"
@@ -135,6 +136,30 @@ TEST_F(ModelTest, CoresetMinimumFloorsTheBankSize) {
   const auto grid = nlohmann::json::parse(all.info_json()).at("grid");
   EXPECT_EQ(bank_rows(all), static_cast<int64_t>(train_.size()) * grid[0].get<int64_t>() *
                                 grid[1].get<int64_t>());
+}
+
+TEST_F(ModelTest, AutomaticIntensityStandardizesOnlyWhenExposureVaries) {
+  auto intensity = [](const patchcore::Model& m) {
+    return nlohmann::json::parse(m.info_json()).at("params").at("intensity").get<std::string>();
+  };
+  EXPECT_EQ(params_.intensity, patchcore::Intensity::automatic);  // the default
+  // The synthetic training images share one exposure.
+  EXPECT_EQ(intensity(patchcore::Model::fit(train_, params_)), "keep");
+  // Half of them darkened to 60 %: a spread of 0.2 in mean brightness.
+  std::vector<fs::path> varied;
+  for (size_t i = 0; i < train_.size(); ++i) {
+    cv::Mat img = cv::imread(train_[i].string());
+    if (i % 2) img.convertTo(img, -1, 0.6);
+    varied.push_back(tmp_.path() / ("varied_" + std::to_string(i) + ".png"));
+    ASSERT_TRUE(cv::imwrite(varied.back().string(), img));
+  }
+  const patchcore::Model m = patchcore::Model::fit(varied, params_);
+  EXPECT_EQ(intensity(m), "standardize");
+  EXPECT_EQ(m.params().intensity, patchcore::Intensity::standardize);
+  // Explicit choices are kept as given.
+  patchcore::Params p = params_;
+  p.intensity = patchcore::Intensity::keep;
+  EXPECT_EQ(intensity(patchcore::Model::fit(varied, p)), "keep");
 }
 
 TEST_F(ModelTest, InvalidParametersAreUsageErrors) {

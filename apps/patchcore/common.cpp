@@ -33,9 +33,10 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
                                "one scale for all: the largest training image fills S)")
                     ->check(CLI::IsMember({"squash", "pad", "fixed"}));
   g["intensity"] = cmd.add_option("--intensity", o.intensity,
-                                  "keep (default) or standardize (each image's channels to "
-                                  "ImageNet's mean and spread: removes exposure differences)")
-                       ->check(CLI::IsMember({"keep", "standardize"}));
+                                  "auto (default: standardize when the training images' mean "
+                                  "brightness varies by more than 10 %), keep, or standardize "
+                                  "(each image's channels to ImageNet's mean and spread)")
+                       ->check(CLI::IsMember({"auto", "keep", "standardize"}));
   g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
                                                "to --image-size (0: no crop)");
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
@@ -79,6 +80,7 @@ Params resolve_fit_options(const FitOptions& o) {
     p.squared_l2 = true;
     p.coreset_ratio = 0.1;
     p.coreset_min = 0;
+    p.intensity = Intensity::keep;
   } else if (o.preset == "anomalib") {
     p.image_size = 256;
     p.embedding = EmbeddingMode::concat;
@@ -87,6 +89,7 @@ Params resolve_fit_options(const FitOptions& o) {
     p.blur_reflect101 = true;
     p.coreset_ratio = 0.1;
     p.coreset_min = 0;
+    p.intensity = Intensity::keep;
   }
   const Params& u = o.params;
   auto given = [&](const char* name) { return o.given.at(name)->count() > 0; };

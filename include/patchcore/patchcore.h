@@ -60,7 +60,15 @@ enum class Upsample { bilinear, nearest };
 enum class Intensity {
   keep,         ///< as they are (the paper)
   standardize,  ///< each image's channels brought to ImageNet's mean and spread (per image)
+  /// fit decides from the normal images: standardize when their mean brightness varies by more
+  /// than kIntensityVariation (coefficient of variation), else keep. A fitted model holds the
+  /// decision, never `automatic`.
+  automatic,
 };
+/// Brightness spread between training images above which `automatic` standardises: exposure
+/// that varies by a tenth is a nuisance the model should not learn (docs/accuracy.md: 0.31 on
+/// magnetic_tile and hei_med, 0.003 on the synthetic demo).
+inline constexpr double kIntensityVariation = 0.1;
 
 /// How an image becomes the S x S network input.
 enum class Resize {
@@ -87,7 +95,7 @@ struct Params {
   int image_size = 0;
   Resize resize = Resize::squash;
   double resize_scale = 0;  ///< Resize::fixed: the factor fit found (S / largest side); else 0
-  Intensity intensity = Intensity::keep;
+  Intensity intensity = Intensity::automatic;
   /// Centre crop C after resizing the shorter side to S (paper preset); 0: no crop.
   int crop = 0;
 

@@ -9,7 +9,9 @@
 #include <fstream>
 #include <cmath>
 #include <mutex>
+#include <iomanip>
 #include <numeric>
+#include <sstream>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -407,10 +409,11 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
       }
       m.params.intensity =
           variation > kIntensityVariation ? Intensity::standardize : Intensity::keep;
-      log(cb, LogLevel::info,
-          std::string("intensity: ") + to_string(m.params.intensity) +
-              " (training images' mean brightness varies by " + std::to_string(variation) +
-              ", rule: standardize above " + std::to_string(kIntensityVariation) + ")");
+      std::ostringstream msg;
+      msg << std::setprecision(2) << "intensity: " << to_string(m.params.intensity)
+          << " (the training images' mean brightness varies by " << variation
+          << "; auto standardizes above " << kIntensityVariation << ")";
+      log(cb, LogLevel::info, msg.str());
     }
   }
   if (params.resize == Resize::fixed) {

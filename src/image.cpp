@@ -282,7 +282,7 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
   cv::Mat resized;
   if (p.resize != Resize::squash) {
     const cv::Rect r = pad_rect(src.size(), p);
-    if (src.cols == s && src.rows == s) return src;
+    if (r.size() == src.size() && r.width == s && r.height == s) return src;
     cv::Mat out(s, s, src.type(), pad);
     cv::resize(src, resized, r.size(), 0, 0, interpolation);
     resized.copyTo(out(r));

@@ -427,6 +427,12 @@ TEST(Image, FixedScaleKeepsSizesComparableAndFitsLargeImages) {
         ASSERT_NEAR(got[static_cast<size_t>(c * 10000 + (45 + y) * 100 + 40 + x)],
                     ref[static_cast<size_t>(c * 200 + y * 20 + x)], 1e-6);
   EXPECT_EQ(got[0], 0.0f);  // pad
+  // An image of exactly S x S is scaled by the factor too, not passed through.
+  cv::Mat square(100, 100, CV_8UC3, cv::Scalar(255, 255, 255));
+  const std::vector<float> sq = run(square, p);
+  EXPECT_EQ(patchcore::content_rect(square.size(), p), cv::Rect(25, 25, 50, 50));
+  EXPECT_EQ(sq[0], 0.0f);                 // pad, top left
+  EXPECT_EQ(sq[50 * 100 + 50], 1.0f);     // image, centre
   // A fixed resize without its factor is a usage error, not a silent squash.
   p.scale = 0;
   EXPECT_THROW(run(rgb, p), Error);

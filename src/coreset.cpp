@@ -81,9 +81,10 @@ int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_th
 
 // features @ matrix, each output summed over k = 0..D-1 in order (identical bits for every
 // blocking below and every thread count); 4 rows x 16 columns per register block.
-__attribute__((target_clones("avx2", "default"))) void project_rows(
-    const float* x, int64_t n, int64_t d, const float* p, int64_t pd, float* out, int64_t begin,
-    int64_t end) {
+__attribute__((target_clones("avx2", "default"))) void project_rows(const float* x, int64_t n,
+                                                                    int64_t d, const float* p,
+                                                                    int64_t pd, float* out,
+                                                                    int64_t begin, int64_t end) {
   constexpr int kRows = 4;
   int64_t i = begin;
   for (; i + kRows <= end; i += kRows) {
@@ -126,8 +127,7 @@ struct Points {
 };
 
 void check_params(const Tensor& features, const CoresetParams& p) {
-  if (features.shape.size() != 2)
-    throw_usage("coreset: features must be a 2-D [rows, dim] tensor");
+  if (features.shape.size() != 2) throw_usage("coreset: features must be a 2-D [rows, dim] tensor");
   if (features.dim(1) < 1) throw_usage("coreset: features have dimension 0");
   PATCHCORE_ASSERT(features.numel() == features.dim(0) * features.dim(1));
   if (!(p.ratio > 0.0))
@@ -138,8 +138,7 @@ void check_params(const Tensor& features, const CoresetParams& p) {
     throw_usage("coreset: projection dimension must be >= 1 (got " + std::to_string(p.proj_dim) +
                 ")");
   if (p.start_points < 1)
-    throw_usage("coreset: start_points must be >= 1 (got " + std::to_string(p.start_points) +
-                ")");
+    throw_usage("coreset: start_points must be >= 1 (got " + std::to_string(p.start_points) + ")");
 }
 
 Points prepare_points(const Tensor& features, const CoresetParams& p, int threads) {
@@ -173,8 +172,8 @@ std::vector<float> start_distances(const Points& pts, const CoresetParams& p, in
   const int64_t count = std::min<int64_t>(p.start_points, pts.n);
   const auto starts = distinct_rows(p.seed, pts.n, count);
   std::vector<float> mind(static_cast<size_t>(pts.n));
-#pragma omp parallel for schedule(static) num_threads(threads) \
-    if (pts.n * pts.dim * count >= (int64_t{1} << 20))
+#pragma omp parallel for schedule(static) \
+    num_threads(threads) if (pts.n * pts.dim * count >= (int64_t{1} << 20))
   for (int64_t i = 0; i < pts.n; ++i) {
     double sum = 0.0;
     for (int64_t s : starts)
@@ -240,8 +239,7 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
   Tensor out({n, proj_dim});
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(threads)) \
-    if (chunks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(threads)) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c)
     project_rows(features.ptr(), n, d, matrix.data(), proj_dim, out.ptr(), c * kChunk,
                  std::min(n, (c + 1) * kChunk));
@@ -459,9 +457,8 @@ std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const Core
     const int64_t pick = argmax_lowest(mind);
     picks.push_back(pick);
     for (int64_t i = 0; i < n; ++i)
-      mind[i] = std::min(mind[i],
-                         coreset_sq_distance(pts.data + i * pts.dim, pts.data + pick * pts.dim,
-                                             pts.dim));
+      mind[i] = std::min(
+          mind[i], coreset_sq_distance(pts.data + i * pts.dim, pts.data + pick * pts.dim, pts.dim));
   }
   return picks;
 }

@@ -10,9 +10,9 @@
 namespace patchcore {
 
 struct CoresetParams {
-  double ratio = 0.01;  ///< picks = max(1, floor(ratio * N), min(N, min_picks))
+  double ratio = 0.01;    ///< picks = max(1, floor(ratio * N), min(N, min_picks))
   int64_t min_picks = 0;  ///< floor on the picks; ratio >= 1 or min_picks >= N keeps every row
-  int proj_dim = 128;   ///< random projection dimension; no projection when D <= proj_dim
+  int proj_dim = 128;     ///< random projection dimension; no projection when D <= proj_dim
   uint64_t seed = 0;
   int start_points = 10;  ///< initial distance = mean L2 distance to this many random rows
   int threads = 0;        ///< 0: all cores
@@ -25,14 +25,14 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// from the seed, not selected; clamped to N), then repeatedly picks the row with the largest
 /// distance (lowest index on ties) and lowers every distance to min(old, L2 distance to the
 /// pick). Returns the picked row indices in pick order: max(1, floor(ratio * N), min_picks) of
-/// them, or 0..N-1 in order when ratio >= 1 or min_picks >= N (no selection); empty when N == 0. Deterministic for a given
-/// seed and input, whatever the thread count. Lazy: runs of consecutive rows are brought up to
-/// date with the picks they missed only when they could hold the next pick, and picks the
-/// triangle inequality proves irrelevant to a whole run are skipped; the picks stay exactly
-/// those of greedy_coreset_reference(). Threads serve the projection and the set-up; the pick
-/// loop runs on the calling thread (its updates are too small to share).
-/// Throws Error(usage) for ratio <= 0, min_picks < 0, proj_dim or start_points < 1, a non-2-D tensor, or
-/// features with NaN, infinity or |value| > 1e17 after projection.
+/// them, or 0..N-1 in order when ratio >= 1 or min_picks >= N (no selection); empty when N == 0.
+/// Deterministic for a given seed and input, whatever the thread count. Lazy: runs of consecutive
+/// rows are brought up to date with the picks they missed only when they could hold the next pick,
+/// and picks the triangle inequality proves irrelevant to a whole run are skipped; the picks stay
+/// exactly those of greedy_coreset_reference(). Threads serve the projection and the set-up; the
+/// pick loop runs on the calling thread (its updates are too small to share). Throws Error(usage)
+/// for ratio <= 0, min_picks < 0, proj_dim or start_points < 1, a non-2-D tensor, or features with
+/// NaN, infinity or |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress = {});
 

@@ -313,8 +313,8 @@ cv::Mat apply_geometry(const cv::Mat& src, const Preprocess& p, int interpolatio
 }  // namespace
 
 Preprocess preprocess_for(const Params& p) {
-  return Preprocess{p.image_size,   p.crop,          normalization_from_string(p.normalization),
-                    p.resize,       p.resize_scale, p.intensity};
+  return Preprocess{p.image_size, p.crop,         normalization_from_string(p.normalization),
+                    p.resize,     p.resize_scale, p.intensity};
 }
 
 cv::Rect content_rect(const cv::Size& image, const Preprocess& p) {
@@ -370,8 +370,8 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, float* dst) {
     for (int v = 0; v < 256; ++v) {
       pad_lut[c][v] = normalise(c, static_cast<float>(v));
       const double x = std::clamp(gain[c] * v + offset[c], 0.0, 255.0);
-      lut[c][v] = p.intensity == Intensity::keep ? pad_lut[c][v]
-                                                  : normalise(c, static_cast<float>(x));
+      lut[c][v] =
+          p.intensity == Intensity::keep ? pad_lut[c][v] : normalise(c, static_cast<float>(x));
     }
   }
   const size_t plane = static_cast<size_t>(n) * n;

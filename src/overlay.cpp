@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-
 #include <opencv2/imgproc.hpp>
 
 namespace patchcore {
@@ -16,8 +15,8 @@ cv::Mat map_to_image(const AnomalyMap& map, const cv::Size& image_size, const Pr
     return out;
   }
   // The crop is C x C pixels of the image resized so that its shorter side is S.
-  const double scale = static_cast<double>(pre.image_size) / std::min(image_size.width,
-                                                                        image_size.height);
+  const double scale =
+      static_cast<double>(pre.image_size) / std::min(image_size.width, image_size.height);
   const int side = std::max(1, static_cast<int>(std::lround(pre.crop / scale)));
   double lo = 0, hi = 0;
   cv::minMaxLoc(m, &lo, &hi);
@@ -44,10 +43,10 @@ cv::Mat heatmap_overlay(const cv::Mat& rgb, const cv::Mat& image_map, const Cali
                         const HeatScale& s) {
   const double below = s.threshold - s.lo, above = s.hi - s.threshold;
   auto level = [&](double v) {
-    if (v < s.threshold) return below > 0 ? std::max(0.0, 0.5 - 0.5 * (s.threshold - v) / below)
-                                          : 0.0;
-    if (v > s.threshold) return above > 0 ? std::min(1.0, 0.5 + 0.5 * (v - s.threshold) / above)
-                                          : 1.0;
+    if (v < s.threshold)
+      return below > 0 ? std::max(0.0, 0.5 - 0.5 * (s.threshold - v) / below) : 0.0;
+    if (v > s.threshold)
+      return above > 0 ? std::min(1.0, 0.5 + 0.5 * (v - s.threshold) / above) : 1.0;
     return 0.5;
   };
   cv::Mat norm(image_map.size(), CV_8U);

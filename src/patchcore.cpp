@@ -5,17 +5,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <cmath>
-#include <mutex>
 #include <iomanip>
-#include <numeric>
-#include <sstream>
-#include <random>
-
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <opencv2/core.hpp>
+#include <random>
+#include <sstream>
 
 #include "backbone.h"
 #include "coreset.h"
@@ -78,7 +77,7 @@ Params params_from_json(const json& j) {
   p.resize_scale = j.value("resize_scale", 0.0);
   p.intensity = intensity_from_string(j.value("intensity", "keep"));
   p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
-                                                                 : EmbeddingMode::concat;
+                                                                : EmbeddingMode::concat;
   p.patch_size = j.at("patch_size").get<int>();
   p.pretrain_dim = j.at("pretrain_dim").get<int>();
   p.target_dim = j.at("target_dim").get<int>();
@@ -90,8 +89,8 @@ Params params_from_json(const json& j) {
   p.squared_l2 = j.at("squared_l2").get<bool>();
   p.reweight = j.at("reweight").get<bool>();
   p.reweight_b = j.at("reweight_b").get<int>();
-  p.upsample = j.at("upsample").get<std::string>() == "nearest" ? Upsample::nearest
-                                                                 : Upsample::bilinear;
+  p.upsample =
+      j.at("upsample").get<std::string>() == "nearest" ? Upsample::nearest : Upsample::bilinear;
   p.blur_sigma = j.at("blur_sigma").get<double>();
   p.blur_reflect101 = j.value("blur_reflect101", false);
   p.holdout_fraction = j.at("holdout_fraction").get<double>();
@@ -122,8 +121,7 @@ void validate(const Params& p) {
     throw_usage("--image-size must be between 32 and 4096, got " + std::to_string(p.image_size));
   if (p.crop < 0 || (p.crop > 0 && p.image_size > 0 && p.crop > p.image_size))
     throw_usage("--crop must be between 0 and the image size");
-  if (!(p.coreset_ratio > 0))
-    throw_usage("--coreset-ratio must be > 0 (1 keeps every patch)");
+  if (!(p.coreset_ratio > 0)) throw_usage("--coreset-ratio must be > 0 (1 keeps every patch)");
   if (p.patch_size < 1 || p.patch_size % 2 == 0) throw_usage("patch size must be odd and >= 1");
   if (p.pretrain_dim < 1 || p.target_dim < 1) throw_usage("pooling dimensions must be >= 1");
   if (p.coreset_min < 0) throw_usage("--coreset-min must be >= 0");
@@ -180,8 +178,9 @@ class StageTimer {
       : cb_(cb), stage_(stage), items_(items), start_(std::chrono::steady_clock::now()) {}
   ~StageTimer() {
     if (cb_.timing)
-      cb_.timing(stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
-                             .count(), items_);
+      cb_.timing(stage_,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(),
+                 items_);
   }
   StageTimer(const StageTimer&) = delete;
   StageTimer& operator=(const StageTimer&) = delete;
@@ -266,7 +265,8 @@ struct Model::Impl {
     if (ok.empty()) return {};
     Tensor batch({static_cast<int64_t>(ok.size()), 3, s, s});
 #pragma omp parallel for schedule(dynamic)
-    for (size_t j = 0; j < ok.size(); ++j) preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
+    for (size_t j = 0; j < ok.size(); ++j)
+      preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
     std::vector<Tensor> features;
@@ -344,8 +344,7 @@ void Model::set_threads(int threads) {
   if (impl_->nn) impl_->nn = std::make_unique<NearestNeighbors>(impl_->bank, threads);
 }
 
-Model Model::fit(const std::vector<fs::path>& images, const Params& params,
-                 const Callbacks& cb) {
+Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {
   validate(params);
   if (images.empty()) throw_bad_input("(training set)", "no images to fit on");
   apply_threads(params.threads);
@@ -374,7 +373,7 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
     m.normalization = params.normalization.empty()
                           ? file.normalization
                           : normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0           ? params.image_size
+    m.image_size = params.image_size > 0         ? params.image_size
                    : file.default_image_size > 0 ? file.default_image_size
                                                  : 224;
   }
@@ -435,8 +434,8 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
   const size_t n = images.size();
   size_t n_hold = 0;
   if (n >= 2 && params.holdout_fraction > 0)
-    n_hold = std::clamp<size_t>(static_cast<size_t>(std::lround(params.holdout_fraction * n)), 1,
-                                n - 1);
+    n_hold =
+        std::clamp<size_t>(static_cast<size_t>(std::lround(params.holdout_fraction * n)), 1, n - 1);
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(params.seed ^ 0x9e3779b97f4a7c15ULL);
@@ -450,8 +449,7 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
   int64_t dim = 0, rows_per_image = 0, n_ok = 0;
   const size_t bs = static_cast<size_t>(params.batch_size);
   for (size_t start = 0; start < n; start += bs) {
-    std::vector<fs::path> batch(images.begin() + start,
-                                images.begin() + std::min(n, start + bs));
+    std::vector<fs::path> batch(images.begin() + start, images.begin() + std::min(n, start + bs));
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
     Embedding e = m.embed_batch(batch, ok, sizes, cb);
@@ -472,8 +470,7 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params,
     if (cb.progress) cb.progress("features", static_cast<int64_t>(std::min(n, start + bs)), n);
   }
   if (n_ok == 0)
-    throw_bad_input("(training set)",
-                    "none of the " + std::to_string(n) + " images could be read");
+    throw_bad_input("(training set)", "none of the " + std::to_string(n) + " images could be read");
   Tensor features;
   features.shape = {n_ok * rows_per_image, dim};
   features.data = std::move(all);
@@ -601,7 +598,8 @@ Model Model::load(const fs::path& file, const Callbacks&) {
   m.source_file = file.string();
   try {
     for (const char* key : {"params", "backbone", "calibration", "grid"})
-      if (!c.metadata.count(key)) throw_bad_input(file.string(), std::string("no '") + key + "' entry");
+      if (!c.metadata.count(key))
+        throw_bad_input(file.string(), std::string("no '") + key + "' entry");
     m.params = params_from_json(json::parse(c.metadata.at("params")));
     const json b = json::parse(c.metadata.at("backbone"));
     m.backbone_identity = b.at("identity").get<std::string>();

@@ -7,10 +7,9 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <sstream>
-
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <sstream>
 
 #include "error.h"
 #include "image.h"
@@ -49,12 +48,23 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += ch;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += ch;
     }
   }
   return out;
@@ -122,9 +132,8 @@ struct Axes {
   double py(double y) const { return h - bottom - (h - top - bottom) * (y - y0) / (y1 - y0); }
 
   // The frame, grid lines, tick marks, tick labels, title and axis labels.
-  std::string frame(const std::string& title, const std::string& xlabel,
-                    const std::string& ylabel, const std::vector<double>& xt,
-                    const std::vector<double>& yt) const {
+  std::string frame(const std::string& title, const std::string& xlabel, const std::string& ylabel,
+                    const std::vector<double>& xt, const std::vector<double>& yt) const {
     std::ostringstream s;
     s << "<text class='title' x='" << (left + w - right) / 2 << "' y='16' text-anchor='middle'>"
       << title << "</text>";
@@ -137,10 +146,10 @@ struct Axes {
     }
     for (double y : yt) {
       const std::string Y = fmt(py(y), 1);
-      s << "<line class='grid' x1='" << left << "' y1='" << Y << "' x2='" << w - right
-        << "' y2='" << Y << "'/><line class='tick' x1='" << left - 4 << "' y1='" << Y
-        << "' x2='" << left << "' y2='" << Y << "'/><text x='" << left - 6 << "' y='"
-        << fmt(py(y) + 3.5, 1) << "' text-anchor='end'>" << tick_label(y, yt) << "</text>";
+      s << "<line class='grid' x1='" << left << "' y1='" << Y << "' x2='" << w - right << "' y2='"
+        << Y << "'/><line class='tick' x1='" << left - 4 << "' y1='" << Y << "' x2='" << left
+        << "' y2='" << Y << "'/><text x='" << left - 6 << "' y='" << fmt(py(y) + 3.5, 1)
+        << "' text-anchor='end'>" << tick_label(y, yt) << "</text>";
     }
     s << "<rect class='frame' x='" << left << "' y='" << top << "' width='" << w - left - right
       << "' height='" << h - top - bottom << "'/>";
@@ -183,8 +192,7 @@ std::string svg_curve(const std::vector<double>& x, const std::vector<double>& y
     s << "<polygon class='area' points='" << fmt(a.px(0), 1) << "," << fmt(a.py(0), 1) << " "
       << pts.str() << fmt(a.px(std::clamp(x.back(), 0.0, x_max)), 1) << "," << fmt(a.py(0), 1)
       << "'/>";
-    s << "<polyline class='curve-line' data-points='" << kept << "' points='" << pts.str()
-      << "'/>";
+    s << "<polyline class='curve-line' data-points='" << kept << "' points='" << pts.str() << "'/>";
   } else {
     s << "<text x='" << a.px(x_max / 2) << "' y='" << a.py(0.5)
       << "' text-anchor='middle'>not available</text>";
@@ -237,8 +245,8 @@ std::string svg_histogram(const std::vector<Row>& rows, double model_threshold,
       const int count = pass ? anomalous[i] : normal[i];
       if (count == 0) continue;
       const double x = a.px(lo + i * bw) + 0.5;
-      s << "<rect class='bar " << (pass ? "anomalous" : "normal") << "' x='" << fmt(x, 1)
-        << "' y='" << fmt(a.py(count), 1) << "' width='"
+      s << "<rect class='bar " << (pass ? "anomalous" : "normal") << "' x='" << fmt(x, 1) << "' y='"
+        << fmt(a.py(count), 1) << "' width='"
         << fmt(std::max(1.0, a.px(lo + (i + 1) * bw) - x - 0.5), 1) << "' height='"
         << fmt(a.py(0) - a.py(count), 1) << "'><title>" << count
         << (pass ? " anomalous" : " normal") << "</title></rect>";
@@ -269,8 +277,7 @@ std::string svg_histogram(const std::vector<Row>& rows, double model_threshold,
 // ---- pictures -------------------------------------------------------------------------------
 
 // image | heatmap overlay | ground truth, side by side at a common height, for the galleries.
-cv::Mat triptych(const cv::Mat& rgb, const cv::Mat& overlay_bgr, const cv::Mat& gt01,
-                 bool normal) {
+cv::Mat triptych(const cv::Mat& rgb, const cv::Mat& overlay_bgr, const cv::Mat& gt01, bool normal) {
   const int h = 180, gap = 6;
   auto fit = [&](const cv::Mat& m) {
     cv::Mat out;
@@ -294,8 +301,8 @@ cv::Mat triptych(const cv::Mat& rgb, const cv::Mat& overlay_bgr, const cv::Mat& 
   } else {
     // A normal image has nothing to outline; an anomalous one without a mask says so.
     const std::string label = normal ? "normal" : "no mask";
-    cv::putText(gt, label, cv::Point(6, h - 8), cv::FONT_HERSHEY_SIMPLEX, 0.5,
-                cv::Scalar(0, 0, 0), 3, cv::LINE_AA);
+    cv::putText(gt, label, cv::Point(6, h - 8), cv::FONT_HERSHEY_SIMPLEX, 0.5, cv::Scalar(0, 0, 0),
+                3, cv::LINE_AA);
     cv::putText(gt, label, cv::Point(6, h - 8), cv::FONT_HERSHEY_SIMPLEX, 0.5,
                 cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
   }
@@ -443,8 +450,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         } catch (const Error& e) {
           if (e.kind() != ErrorKind::bad_input) throw;
           if (callbacks.log)
-            callbacks.log(LogLevel::warning, std::string(e.what()) +
-                                                 "; the image is left out of the pixel metrics");
+            callbacks.log(LogLevel::warning,
+                          std::string(e.what()) + "; the image is left out of the pixel metrics");
         }
       } else {
         ++n_without_mask;
@@ -503,13 +510,12 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       map.values.assign(full.begin<float>(), full.end<float>());
     }
     cv::Mat on_image = map_to_image(map, rgb.size(), pre);
-    return std::pair(heatmap_overlay(rgb, on_image, calib, scale),
-                     predicted_mask(on_image, calib));
+    return std::pair(heatmap_overlay(rgb, on_image, calib, scale), predicted_mask(on_image, calib));
   };
   if (o.write_images) {
     for (Row& r : rows) {
-      const fs::path dir = o.out_dir / "images" / (r.sample.kind.empty() ? "unknown"
-                                                                          : r.sample.kind);
+      const fs::path dir =
+          o.out_dir / "images" / (r.sample.kind.empty() ? "unknown" : r.sample.kind);
       const std::string stem = r.sample.image.stem().string();
       const auto [overlay, mask] = overlay_of(load_rgb(r.sample.image), r);
       write_image(dir / (stem + ".png"), overlay);
@@ -547,13 +553,18 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   // Decisions at the model's own threshold: what a production line would have seen.
   int tp = 0, fp = 0, tn = 0, fn = 0;
   for (const Row& r : rows) {
-    if (r.sample.label == 1) (r.predicted ? tp : fn)++;
-    else (r.predicted ? fp : tn)++;
+    if (r.sample.label == 1)
+      (r.predicted ? tp : fn)++;
+    else
+      (r.predicted ? fp : tn)++;
   }
   j["model_threshold"] = {{"image_threshold", calib.image_threshold},
                           {"pixel_threshold", calib.pixel_threshold},
                           {"source", calib.source},
-                          {"tp", tp}, {"fp", fp}, {"tn", tn}, {"fn", fn}};
+                          {"tp", tp},
+                          {"fp", fp},
+                          {"tn", tn},
+                          {"fn", fn}};
 
   // Per kind: each anomalous kind against the normal test images, for images and for pixels.
   std::vector<int> normal_pixel_rows;
@@ -598,8 +609,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         pl.insert(pl.end(), masks[i].begin(), masks[i].end());
         has_defect = has_defect || std::find(masks[i].begin(), masks[i].end(), 1) != masks[i].end();
       }
-      const bool kind_pixel_ok =
-          has_defect && std::find(pl.begin(), pl.end(), 0) != pl.end();
+      const bool kind_pixel_ok = has_defect && std::find(pl.begin(), pl.end(), 0) != pl.end();
       k["pixel_auroc"] = kind_pixel_ok ? optional_json(auroc(ps, pl)) : json(nullptr);
       std::optional<Pro> kind_pro;
       if (kind_pixel_ok) {
@@ -665,9 +675,9 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       s << "<figure><div class='cols'><span>image</span><span>heatmap</span><span>"
         << "ground truth</span></div><img src='" << name << "' alt='"
         << html_escape(r->sample.image.string()) << "'><figcaption><b>"
-        << html_escape(r->sample.kind) << "</b> / " << html_escape(r->sample.image.filename()
-                                                                       .string())
-        << ": score " << fmt(r->score, 4) << " (normalised " << fmt(r->normalized, 2) << "), "
+        << html_escape(r->sample.kind) << "</b> / "
+        << html_escape(r->sample.image.filename().string()) << ": score " << fmt(r->score, 4)
+        << " (normalised " << fmt(r->normalized, 2) << "), "
         << "<span class='" << (wrong ? "flag" : "ok") << "'>"
         << (r->predicted ? "flagged" : "passed") << "</span></figcaption></figure>";
     }
@@ -692,8 +702,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
        << html_escape(backbone) << " &middot; map " << size << "&times;" << size
        << (params.resize != Resize::squash ? " (padded; image pixels only)" : "")
        << " &middot; coreset " << fmt(params.coreset_ratio, 3) << " (at least "
-       << params.coreset_min << " patches) &middot; "
-       << fmt(j["ms_per_image"].get<double>(), 1) << " ms/image</p>";
+       << params.coreset_min << " patches) &middot; " << fmt(j["ms_per_image"].get<double>(), 1)
+       << " ms/image</p>";
   auto card = [&](const std::string& key, const std::string& value) {
     html << "<div class='card'><div class='v'>" << value << "</div><div class='k'>" << key
          << "</div></div>";
@@ -703,8 +713,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   card("pixel AUROC", fmt(j["pixel_auroc"], 3));
   card("AUPRO (FPR &le; 0.3)", fmt(j["aupro"], 3));
   card("best image F1", fmt(j["image_f1"], 3));
-  card("flagged at model threshold",
-       std::to_string(tp + fp) + " / " + std::to_string(rows.size()));
+  card("flagged at model threshold", std::to_string(tp + fp) + " / " + std::to_string(rows.size()));
   html << "</div>";
 
   html << "<h2>Metrics per kind</h2><table><tr><th>kind</th><th>images</th><th>mean score</th>"
@@ -714,9 +723,9 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
       return k.contains(key) ? fmt(k[key], 3) : std::string("&ndash;");
     };
     html << "<tr><td>" << html_escape(kind) << "</td><td>" << k["n"] << "</td><td>"
-         << fmt(k["mean_score"].get<double>()) << "</td><td>" << k["n_flagged"] << " / "
-         << k["n"] << "</td><td>" << cell("image_auroc") << "</td><td>" << cell("pixel_auroc")
-         << "</td><td>" << cell("aupro") << "</td></tr>";
+         << fmt(k["mean_score"].get<double>()) << "</td><td>" << k["n_flagged"] << " / " << k["n"]
+         << "</td><td>" << cell("image_auroc") << "</td><td>" << cell("pixel_auroc") << "</td><td>"
+         << cell("aupro") << "</td></tr>";
   }
   html << "<tr><th>all</th><th>" << rows.size() << "</th><th></th><th>" << tp + fp << " / "
        << rows.size() << "</th><th>" << fmt(j["image_auroc"], 3) << "</th><th>"

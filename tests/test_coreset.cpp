@@ -1,5 +1,3 @@
-#include "coreset.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "coreset.h"
 #include "patchcore/patchcore.h"
 
 namespace patchcore {
@@ -131,8 +130,8 @@ Tensor smooth_patches(int images, int side, int64_t d, uint32_t seed, float nois
           float v = noise * g(rng);
           for (int k = 0; k < kWaves; ++k) {
             const int64_t w = k * d + j;
-            v += amp[w] * std::cos(fx[w] * static_cast<float>(x) + fy[w] * static_cast<float>(y) +
-                                   ph[w]);
+            v += amp[w] *
+                 std::cos(fx[w] * static_cast<float>(x) + fy[w] * static_cast<float>(y) + ph[w]);
           }
           t.row(r)[j] = std::max(0.0f, v);  // ReLU-like: many exact zeros
         }
@@ -147,9 +146,9 @@ TEST(Coreset, FastMatchesReferenceOnImageLikeRows) {
     double ratio;
     float noise;
   };
-  for (const Case& c : {Case{6, 24, 64, 0.05, 0.0f}, Case{6, 24, 64, 0.2, 0.01f},
-                        Case{4, 30, 200, 0.03, 0.1f}, Case{3, 20, 7, 0.3, 0.0f},
-                        Case{2, 33, 40, 0.5, 0.0f}}) {
+  for (const Case& c :
+       {Case{6, 24, 64, 0.05, 0.0f}, Case{6, 24, 64, 0.2, 0.01f}, Case{4, 30, 200, 0.03, 0.1f},
+        Case{3, 20, 7, 0.3, 0.0f}, Case{2, 33, 40, 0.5, 0.0f}}) {
     SCOPED_TRACE(::testing::Message() << "images=" << c.images << " d=" << c.d
                                       << " ratio=" << c.ratio << " noise=" << c.noise);
     const Tensor x = smooth_patches(c.images, c.side, c.d, static_cast<uint32_t>(c.d), c.noise);

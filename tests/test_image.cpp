@@ -431,8 +431,8 @@ TEST(Image, FixedScaleKeepsSizesComparableAndFitsLargeImages) {
   cv::Mat square(100, 100, CV_8UC3, cv::Scalar(255, 255, 255));
   const std::vector<float> sq = run(square, p);
   EXPECT_EQ(patchcore::content_rect(square.size(), p), cv::Rect(25, 25, 50, 50));
-  EXPECT_EQ(sq[0], 0.0f);                 // pad, top left
-  EXPECT_EQ(sq[50 * 100 + 50], 1.0f);     // image, centre
+  EXPECT_EQ(sq[0], 0.0f);              // pad, top left
+  EXPECT_EQ(sq[50 * 100 + 50], 1.0f);  // image, centre
   // A fixed resize without its factor is a usage error, not a silent squash.
   p.scale = 0;
   EXPECT_THROW(run(rgb, p), Error);
@@ -464,7 +464,8 @@ TEST(Image, StandardizeGivesImageNetStatisticsAndIgnoresExposure) {
   // network input once standardised.
   cv::Mat grey(24, 24, CV_8UC1);
   for (int y = 0; y < 24; ++y)
-    for (int x = 0; x < 24; ++x) grey.at<uint8_t>(y, x) = static_cast<uint8_t>(60 + (x * 7 + y * 13) % 41);
+    for (int x = 0; x < 24; ++x)
+      grey.at<uint8_t>(y, x) = static_cast<uint8_t>(60 + (x * 7 + y * 13) % 41);
   cv::Mat bright = grey * 2 - 50;
   cv::Mat a, b;
   cv::cvtColor(grey, a, cv::COLOR_GRAY2RGB);

@@ -122,8 +122,7 @@ double reference_aupro(const std::vector<std::vector<float>>& maps,
 
 double reference_aupro(const std::vector<std::vector<float>>& maps,
                        const std::vector<std::vector<uint8_t>>& masks, int h, int w, double limit) {
-  return reference_aupro(maps, masks, std::vector<std::pair<int, int>>(maps.size(), {h, w}),
-                         limit);
+  return reference_aupro(maps, masks, std::vector<std::pair<int, int>>(maps.size(), {h, w}), limit);
 }
 
 // ---------------------------------------------------------------------------------------------

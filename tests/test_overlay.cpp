@@ -1,9 +1,9 @@
 // Heatmap overlays and masks against plain per-pixel expectations.
-#include "overlay.h"
-
 #include <gtest/gtest.h>
 
 #include <opencv2/imgproc.hpp>
+
+#include "overlay.h"
 
 namespace {
 
@@ -50,8 +50,8 @@ TEST(Overlay, HeatIsRedOverTheDefectBlueElsewhereAndTheRegionIsOutlined) {
   EXPECT_GT(edge[2], 200);
   // The image shows through: a brighter image gives a brighter overlay away from the outline.
   const cv::Mat bright(40, 40, CV_8UC3, cv::Scalar(250, 250, 250));
-  const cv::Vec3b b = patchcore::heatmap_overlay(bright, square_map(), calibration())
-                          .at<cv::Vec3b>(32, 32);
+  const cv::Vec3b b =
+      patchcore::heatmap_overlay(bright, square_map(), calibration()).at<cv::Vec3b>(32, 32);
   EXPECT_GT(b[1], outside[1]);
 }
 
@@ -77,10 +77,10 @@ TEST(Overlay, ScaleIsLinearOnEachSideOfTheThresholdAndDefaultsToTheCalibration) 
   EXPECT_DOUBLE_EQ(s.threshold, 5);
   EXPECT_DOUBLE_EQ(s.hi, 9);
   const cv::Mat grey(40, 40, CV_8UC3, cv::Scalar(90, 120, 150));
-  EXPECT_EQ(cv::norm(patchcore::heatmap_overlay(grey, square_map(), calibration()),
-                     patchcore::heatmap_overlay(grey, square_map(), calibration(), s),
-                     cv::NORM_INF),
-            0.0);
+  EXPECT_EQ(
+      cv::norm(patchcore::heatmap_overlay(grey, square_map(), calibration()),
+               patchcore::heatmap_overlay(grey, square_map(), calibration(), s), cv::NORM_INF),
+      0.0);
 }
 
 TEST(Overlay, NothingIsOutlinedWhenNoPixelReachesTheThreshold) {
@@ -108,10 +108,10 @@ TEST(Overlay, MapToImageResizesOrPlacesTheCropInTheCentre) {
   patchcore::Preprocess crop{8, 4, patchcore::Normalization::m11};
   const cv::Mat placed = patchcore::map_to_image(map, cv::Size(200, 100), crop);
   ASSERT_EQ(placed.size(), cv::Size(200, 100));
-  EXPECT_FLOAT_EQ(placed.at<float>(0, 0), 1.0f);      // outside the crop
+  EXPECT_FLOAT_EQ(placed.at<float>(0, 0), 1.0f);  // outside the crop
   EXPECT_FLOAT_EQ(placed.at<float>(50, 10), 1.0f);
-  EXPECT_FLOAT_EQ(placed.at<float>(60, 110), 3.0f);   // inside, away from the corner value
-  EXPECT_FLOAT_EQ(placed.at<float>(50, 70), 1.0f);    // just left of the crop
+  EXPECT_FLOAT_EQ(placed.at<float>(60, 110), 3.0f);  // inside, away from the corner value
+  EXPECT_FLOAT_EQ(placed.at<float>(50, 70), 1.0f);   // just left of the crop
   EXPECT_FLOAT_EQ(placed.at<float>(60, 120), 3.0f);
 }
 

@@ -1,6 +1,4 @@
 // The public Model API on generated data: fit, predict, save, load.
-#include "patchcore/patchcore.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,6 +6,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "dataset.h"
+#include "patchcore/patchcore.h"
 #include "synthetic.h"
 #include "test_support.h"
 
@@ -134,8 +133,8 @@ TEST_F(ModelTest, CoresetMinimumFloorsTheBankSize) {
   p.coreset_min = 100000000;  // more than there are patches: every patch is kept
   const patchcore::Model all = patchcore::Model::fit(train_, p);
   const auto grid = nlohmann::json::parse(all.info_json()).at("grid");
-  EXPECT_EQ(bank_rows(all), static_cast<int64_t>(train_.size()) * grid[0].get<int64_t>() *
-                                grid[1].get<int64_t>());
+  EXPECT_EQ(bank_rows(all),
+            static_cast<int64_t>(train_.size()) * grid[0].get<int64_t>() * grid[1].get<int64_t>());
 }
 
 TEST_F(ModelTest, AutomaticIntensityStandardizesOnlyWhenExposureVaries) {

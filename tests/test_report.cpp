@@ -1,7 +1,6 @@
 // evaluate(): metrics.json, predictions.csv, pictures and report.html on a tiny generated data
 // set, checked against plain recomputations and rendered in headless Chromium when installed.
-#include "report.h"
-
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,16 +9,15 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <regex>
-#include <sstream>
-
-#include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <regex>
+#include <sstream>
 
 #include "image.h"
 #include "metrics.h"
 #include "overlay.h"
+#include "report.h"
 #include "synthetic.h"
 #include "test_support.h"
 
@@ -73,14 +71,14 @@ std::string find_chromium() {
 
 // Runs headless Chromium offline with a fresh profile; returns its exit status.
 int run_chromium(const std::string& chromium, const fs::path& profile,
-                 const std::vector<std::string>& args, const fs::path& out,
-                 const fs::path& err) {
+                 const std::vector<std::string>& args, const fs::path& out, const fs::path& err) {
   // Appended piecewise: GCC 12 warns wrongly (-Wrestrict) on "literal" + std::string&&.
   std::string cmd = "timeout 60 ";
   cmd += quote(chromium);
-  cmd += " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
-         " --disable-background-networking --disable-component-update --disable-sync"
-         " --user-data-dir=";
+  cmd +=
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --user-data-dir=";
   cmd += quote(profile.string());
   for (const std::string& a : args) {
     cmd += ' ';
@@ -184,8 +182,8 @@ TEST_F(Report, PerKindPixelMetricsMatchAPlainRecomputation) {
     const patchcore::Prediction p = f_->model->predict(s.image);
     cv::Mat gt = s.mask ? patchcore::preprocess_mask(patchcore::load_mask(*s.mask, 0), pre)
                         : cv::Mat::zeros(size, size, CV_8U);
-    by_kind[s.kind].push_back({p.map.values, std::vector<uint8_t>(gt.begin<uint8_t>(),
-                                                                  gt.end<uint8_t>())});
+    by_kind[s.kind].push_back(
+        {p.map.values, std::vector<uint8_t>(gt.begin<uint8_t>(), gt.end<uint8_t>())});
   }
   for (const char* kind : {"scratch", "spot", "stain"}) {
     std::vector<float> scores;
@@ -199,8 +197,7 @@ TEST_F(Report, PerKindPixelMetricsMatchAPlainRecomputation) {
         maps.push_back(map);
         masks.push_back(mask);
       }
-    EXPECT_NEAR(m["per_kind"][kind]["pixel_auroc"].get<double>(), plain_auroc(scores, labels),
-                1e-9)
+    EXPECT_NEAR(m["per_kind"][kind]["pixel_auroc"].get<double>(), plain_auroc(scores, labels), 1e-9)
         << kind;
     const auto pro = patchcore::aupro(maps, masks, size, size, 0.3);
     ASSERT_TRUE(pro);
@@ -290,7 +287,8 @@ TEST(ReportPad, PixelMetricsLeaveThePadOut) {
   EXPECT_NEAR(m["aupro"].get<double>(), pro->aupro, 1e-9);
   // The overlays are the images' own size.
   for (const auto& s : data.test) {
-    const fs::path overlay = tmp.path() / "eval" / "images" / s.kind / (s.image.stem().string() + ".png");
+    const fs::path overlay =
+        tmp.path() / "eval" / "images" / s.kind / (s.image.stem().string() + ".png");
     const cv::Mat o = cv::imread(overlay.string());
     ASSERT_FALSE(o.empty()) << overlay;
     EXPECT_EQ(o.size(), cv::Size(96, height[s.image]));
@@ -299,11 +297,11 @@ TEST(ReportPad, PixelMetricsLeaveThePadOut) {
 
 TEST_F(Report, HtmlHoldsTheTablesCurvesAndGalleries) {
   const std::string& html = f_->html;
-  for (const char* text : {"<table", "pixel AUROC", "AUPRO", "best F1", "id='roc'", "id='pro'",
-                           "id='histogram'", "model threshold", "worst-false-positives",
-                           "worst-false-negatives", "best-detections"})
+  for (const char* text :
+       {"<table", "pixel AUROC", "AUPRO", "best F1", "id='roc'", "id='pro'", "id='histogram'",
+        "model threshold", "worst-false-positives", "worst-false-negatives", "best-detections"})
     EXPECT_NE(html.find(text), std::string::npos) << text;
-  EXPECT_EQ(attributes(html, "polyline", "class").size(), 2u);  // ROC and PRO
+  EXPECT_EQ(attributes(html, "polyline", "class").size(), 2u);    // ROC and PRO
   EXPECT_EQ(attributes(html, "rect", "class").size() > 4, true);  // histogram bars, legend
   // Axes have ticks: 0.2 .. 1.0 on the ROC, 0.1 .. 0.3 along the PRO's FPR.
   EXPECT_NE(html.find(">0.2</text>"), std::string::npos);
@@ -368,8 +366,8 @@ TEST_F(Report, GalleriesShowTheRightImagesWithTheirOwnHeatmaps) {
     cv::Mat plain;
     cv::cvtColor(rgb, plain, cv::COLOR_RGB2BGR);
     cv::resize(plain, plain, cv::Size(180, 180), 0, 0, cv::INTER_LINEAR);
-    EXPECT_LT(cv::norm(picture(cv::Rect(0, 0, 180, 180)), plain, cv::NORM_L1) /
-                  (180.0 * 180 * 3), 3.0);
+    EXPECT_LT(cv::norm(picture(cv::Rect(0, 0, 180, 180)), plain, cv::NORM_L1) / (180.0 * 180 * 3),
+              3.0);
     EXPECT_GT(cv::norm(panel, plain, cv::NORM_L1) / (180.0 * 180 * 3), 10.0);
   }
 }
@@ -380,9 +378,9 @@ TEST_F(Report, RendersInHeadlessChromium) {
     GTEST_SKIP() << "chromium not found (apt-get install chromium, or set PATCHCORE_CHROMIUM)";
   TempDir run;
   const std::string url = "file://" + fs::absolute(f_->out / "report.html").string();
-  const int code = run_chromium(chromium, run / "profile",
-                                {"--virtual-time-budget=10000", "--dump-dom", url},
-                                run / "dom.html", run / "stderr.txt");
+  const int code =
+      run_chromium(chromium, run / "profile", {"--virtual-time-budget=10000", "--dump-dom", url},
+                   run / "dom.html", run / "stderr.txt");
   ASSERT_EQ(code, 0) << read_bytes(run / "stderr.txt");
   const std::string dom = read_bytes(run / "dom.html");
   std::smatch body;
@@ -396,8 +394,8 @@ TEST_F(Report, RendersInHeadlessChromium) {
   };
   EXPECT_EQ(attr("data-ready"), "1") << tag;
   EXPECT_EQ(attr("data-images-total"), "16") << tag;
-  EXPECT_EQ(attr("data-images-decoded"), "16") << tag;   // every gallery picture decoded
-  EXPECT_EQ(attr("data-curves-drawn"), "2") << tag;      // ROC and PRO have a visible extent
+  EXPECT_EQ(attr("data-images-decoded"), "16") << tag;  // every gallery picture decoded
+  EXPECT_EQ(attr("data-curves-drawn"), "2") << tag;     // ROC and PRO have a visible extent
   EXPECT_GT(std::atoi(attr("data-histogram-bars").c_str()), 2) << tag;
 
   // A screenshot of the first screen is a real picture, not a blank page.

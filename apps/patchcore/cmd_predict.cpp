@@ -1,8 +1,7 @@
 #include <iostream>
-#include <set>
-
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <set>
 
 #include "cli.h"
 #include "dataset.h"
@@ -75,7 +74,8 @@ void add_predict(CLI::App& app) {
                          {"threshold", model.calibration().image_threshold}};
         if (!s->out.empty()) {
           std::string stem = p.path.stem().string();
-          for (int i = 2; used.count(stem); ++i) stem = p.path.stem().string() + "-" + std::to_string(i);
+          for (int i = 2; used.count(stem); ++i)
+            stem = p.path.stem().string() + "-" + std::to_string(i);
           used.insert(stem);
           cv::Mat rgb = load_rgb(p.path);
           cv::Mat m = map_to_image(p.map, rgb.size(), pre);

@@ -18,11 +18,12 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["layers"] = cmd.add_option("--layers", o.layers,
                                "feature layers, shallow to deep, comma-separated "
                                "(default: the backbone's)");
-  g["normalize"] = cmd.add_option("--normalize", p.normalization,
-                                  "input normalisation of an ONNX backbone")
-                       ->check(CLI::IsMember({"imagenet", "m11", "unit"}));
-  g["preset"] = cmd.add_option("--preset", o.preset, "paper or anomalib (options given "
-                                                     "explicitly still win)")
+  g["normalize"] =
+      cmd.add_option("--normalize", p.normalization, "input normalisation of an ONNX backbone")
+          ->check(CLI::IsMember({"imagenet", "m11", "unit"}));
+  g["preset"] = cmd.add_option("--preset", o.preset,
+                               "paper or anomalib (options given "
+                               "explicitly still win)")
                     ->check(CLI::IsMember({"paper", "anomalib"}));
   g["image-size"] = cmd.add_option("--image-size", p.image_size,
                                    "images are resized to S x S (0: the backbone's default: "
@@ -37,8 +38,9 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
                                   "brightness varies by more than 10 %), keep, or standardize "
                                   "(each image's channels to ImageNet's mean and spread)")
                        ->check(CLI::IsMember({"auto", "keep", "standardize"}));
-  g["crop"] = cmd.add_option("--crop", p.crop, "centre crop after resizing the shorter side "
-                                               "to --image-size (0: no crop)");
+  g["crop"] = cmd.add_option("--crop", p.crop,
+                             "centre crop after resizing the shorter side "
+                             "to --image-size (0: no crop)");
   g["coreset-ratio"] = cmd.add_option("--coreset-ratio", p.coreset_ratio,
                                       "fraction of patches kept in the memory bank")
                            ->capture_default_str();
@@ -52,8 +54,8 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
                        ->check(CLI::IsMember({"paper", "concat"}));
   g["pretrain-dim"] = cmd.add_option("--pretrain-dim", p.pretrain_dim)->capture_default_str();
   g["target-dim"] = cmd.add_option("--target-dim", p.target_dim)->capture_default_str();
-  g["patch-size"] = cmd.add_option("--patch-size", p.patch_size, "neighbourhood p")
-                        ->capture_default_str();
+  g["patch-size"] =
+      cmd.add_option("--patch-size", p.patch_size, "neighbourhood p")->capture_default_str();
   g["k"] = cmd.add_option("--k", p.k, "nearest neighbours per patch")->capture_default_str();
   g["squared"] = cmd.add_flag("--squared-l2", p.squared_l2, "patch scores as squared L2");
   g["reweight"] = cmd.add_flag("--reweight", p.reweight, "Eq. 7 re-weighting of image scores");
@@ -131,8 +133,9 @@ Callbacks stderr_callbacks(bool quiet) {
   cb.log = [quiet, tty](LogLevel level, const std::string& message) {
     if (quiet && level < LogLevel::warning) return;
     if (level == LogLevel::debug) return;
-    const char* tag = level == LogLevel::warning ? "warning: " :
-                      level == LogLevel::error   ? "error: "   : "";
+    const char* tag = level == LogLevel::warning ? "warning: "
+                      : level == LogLevel::error ? "error: "
+                                                 : "";
     std::cerr << (tty ? "\r\033[K" : "") << "patchcore: " << tag << message << "\n";
   };
   if (!quiet) {
@@ -142,8 +145,8 @@ Callbacks stderr_callbacks(bool quiet) {
       if (total <= 0) return;
       const int64_t tenth = done * 10 / total;
       if (tty) {
-        std::cerr << "\r\033[K" << stage << " " << done << "/" << total << (done == total ? "\n" : "")
-                  << std::flush;
+        std::cerr << "\r\033[K" << stage << " " << done << "/" << total
+                  << (done == total ? "\n" : "") << std::flush;
       } else if (stage != last->first || tenth != last->second) {
         std::cerr << stage << " " << done << "/" << total << "\n";
       }

@@ -112,15 +112,15 @@ struct Params {
   /// (tens of images) otherwise get banks of a few hundred patches that miss normal variation;
   /// 10,000 rows cost what 1 % of a thousand images costs at search time (docs/accuracy.md).
   int64_t coreset_min = 10000;
-  int coreset_dim = 128;        ///< random projection used while selecting the coreset
+  int coreset_dim = 128;  ///< random projection used while selecting the coreset
   uint64_t seed = 0;
 
-  int k = 1;                 ///< nearest neighbours averaged per test patch
-  bool squared_l2 = false;   ///< patch score as squared L2 (the authors' FAISS code) or L2
-  bool reweight = false;     ///< Eq. 7 re-weighting of the image score
-  int reweight_b = 9;        ///< neighbourhood size b of Eq. 7
+  int k = 1;                ///< nearest neighbours averaged per test patch
+  bool squared_l2 = false;  ///< patch score as squared L2 (the authors' FAISS code) or L2
+  bool reweight = false;    ///< Eq. 7 re-weighting of the image score
+  int reweight_b = 9;       ///< neighbourhood size b of Eq. 7
   Upsample upsample = Upsample::bilinear;
-  double blur_sigma = 4.0;   ///< Gaussian blur of the anomaly map, in pixels of the S x S map
+  double blur_sigma = 4.0;       ///< Gaussian blur of the anomaly map, in pixels of the S x S map
   bool blur_reflect101 = false;  ///< blur border BORDER_REFLECT_101 (anomalib) or REFLECT
 
   /// Fraction of normal training images held out (from their own bank points) to set the
@@ -154,7 +154,7 @@ struct Calibration {
   double pixel_threshold = 0;
   double min_score = 0;  ///< normalisation: min_score -> 0, max_score -> 1 (clipped)
   double max_score = 1;
-  std::string source;    ///< "holdout" or "f1" (set by eval) or "user"
+  std::string source;  ///< "holdout" or "f1" (set by eval) or "user"
 };
 
 /// Normalised score per Calibration: threshold -> 0.5, clipped to [0, 1].

@@ -4,7 +4,6 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <string>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "error.h"
+#include "file_io.h"
 
 namespace fs = std::filesystem;
 
@@ -78,17 +78,9 @@ Resize resize_from_string(const std::string& name) {
 namespace {
 
 std::vector<uint8_t> read_file_bytes(const fs::path& file) {
-  std::error_code ec;
-  const auto status = fs::status(file, ec);
-  if (!fs::exists(status)) throw_bad_input(file.string(), "no such file");
-  if (fs::is_directory(status)) throw_bad_input(file.string(), "is a folder, not an image");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_bad_input(file.string(), "cannot open: " + std::string(std::strerror(errno)));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                             std::istreambuf_iterator<char>());
-  if (in.bad()) throw_bad_input(file.string(), "read error");
-  if (bytes.empty()) throw_bad_input(file.string(), "empty file, not an image");
-  return bytes;
+  const std::string data = read_file(file);
+  if (data.empty()) throw_bad_input(file.string(), "empty file, not an image");
+  return std::vector<uint8_t>(data.begin(), data.end());  // a copy: small next to decoding
 }
 
 bool is_jpeg(const std::vector<uint8_t>& b) {

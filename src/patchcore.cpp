@@ -336,6 +336,10 @@ double Model::backbone_flops_per_image() const {
   return impl_->net().flops_per_image(impl_->input_size(), impl_->input_size());
 }
 
+double Model::knn_exact_per_patch() const {
+  return impl_->nn && impl_->nn->bounded() ? impl_->nn->exact_per_query() : 0.0;
+}
+
 void Model::set_threads(int threads) {
   if (threads < 0) throw_usage("--threads must be >= 0");
   impl_->params.threads = threads;

@@ -1,11 +1,10 @@
-#include "knn.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "knn.h"
 #include "patchcore/patchcore.h"
 
 namespace patchcore {
@@ -75,7 +74,8 @@ TEST(Knn, MatchesBruteForceOnRandomData) {
   // n < 20 takes FAISS's direct path, n >= 20 the BLAS one.
   for (const Case& c : {Case{1, 3, 1, 1}, Case{50, 7, 3, 5}, Case{300, 19, 64, 1},
                         Case{300, 20, 64, 3}, Case{1500, 257, 130, 9}, Case{2000, 64, 1024, 1}}) {
-    SCOPED_TRACE(::testing::Message() << "m=" << c.m << " n=" << c.n << " d=" << c.d << " k=" << c.k);
+    SCOPED_TRACE(::testing::Message()
+                 << "m=" << c.m << " n=" << c.n << " d=" << c.d << " k=" << c.k);
     const Tensor bank = random_matrix(c.m, c.d, 1);
     const Tensor q = random_matrix(c.n, c.d, 2);
     NearestNeighbors nn(bank, 2);
@@ -90,8 +90,7 @@ TEST(Knn, QueryEqualToBankRowHasDistanceZero) {
   Tensor bank = random_matrix(500, 256, 3);
   for (float& v : bank.data) v = 10.0f + 3.0f * v;
   Tensor q({40, 256});
-  for (int64_t i = 0; i < 40; ++i)
-    std::copy(bank.row(i * 7), bank.row(i * 7) + 256, q.row(i));
+  for (int64_t i = 0; i < 40; ++i) std::copy(bank.row(i * 7), bank.row(i * 7) + 256, q.row(i));
   NearestNeighbors nn(bank, 2);
   const Result r = run(nn, q, 2);
   for (int64_t i = 0; i < 40; ++i) {
@@ -168,6 +167,115 @@ TEST(Knn, MoveKeepsTheBank) {
   EXPECT_EQ(c.size(), 20);
   const Tensor q = random_matrix(3, 4, 11);
   expect_matches_reference(c.bank(), q, 2, run(c, q, 2));
+}
+
+// Rows like CNN patch features: a few strong directions with decaying spread, a weaker
+// isotropic rest, an offset from the origin.
+Tensor feature_like(int64_t rows, int64_t d, uint32_t seed, float offset = 0.0f) {
+  constexpr int64_t kRank = 24;
+  const Tensor basis = random_matrix(kRank, d, 1234);  // shared by bank and queries
+  const Tensor coef = random_matrix(rows, kRank, seed);
+  const Tensor noise = random_matrix(rows, d, seed + 1);
+  Tensor t({rows, d});
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < d; ++j) {
+      float v = offset + 0.3f * noise.row(i)[j];
+      for (int64_t r = 0; r < kRank; ++r)
+        v += coef.row(i)[r] * basis.row(r)[j] * 3.0f / static_cast<float>(1 + r);
+      t.row(i)[j] = v;
+    }
+  return t;
+}
+
+void expect_identical(const Result& got, const Result& ref) {
+  EXPECT_EQ(got.idx, ref.idx);
+  EXPECT_EQ(got.dist, ref.dist);
+}
+
+TEST(Knn, BoundedSearchIsTheBruteForceExactly) {
+  const Tensor bank = feature_like(3000, 256, 20);
+  Tensor q = feature_like(200, 256, 30);
+  // Queries equal to bank rows and far outliers too.
+  for (int64_t i = 0; i < 20; ++i) std::copy_n(bank.row(i * 97), 256, q.row(i));
+  for (int64_t i = 20; i < 30; ++i)
+    for (int64_t j = 0; j < 256; ++j) q.row(i)[j] *= 8.0f;
+  const NearestNeighbors nn(bank, KnnOptions{2, 32, 1000});
+  ASSERT_TRUE(nn.bounded());
+  for (int k : {1, 3, 9}) {
+    SCOPED_TRACE(::testing::Message() << "k=" << k);
+    const Result got = run(nn, q, k);
+    expect_identical(got, run_reference(bank, q, k));
+    for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(got.dist[i * k], 0.0f);
+  }
+  // The point of the bound: most rows are never measured on data like this.
+  EXPECT_LT(nn.exact_per_query(), 3000.0 / 10);
+  EXPECT_GE(nn.exact_per_query(), 1.0);
+}
+
+TEST(Knn, BoundedSearchStaysExactWhereTheBoundIsLoose) {
+  // Isotropic data (no direction stands out) with a large offset and exact duplicates: the
+  // bound prunes little, the float cross term works on big norms, ties must go by index.
+  Tensor bank = random_matrix(2500, 128, 40);
+  for (float& v : bank.data) v = 100.0f + v;
+  for (int64_t dup : {700, 1800, 2499}) std::copy_n(bank.row(5), 128, bank.row(dup));
+  Tensor q = random_matrix(64, 128, 41);
+  for (float& v : q.data) v = 100.0f + v;
+  std::copy_n(bank.row(5), 128, q.row(0));
+  const NearestNeighbors nn(bank, KnnOptions{1, 16, 0});
+  ASSERT_TRUE(nn.bounded());
+  for (int k : {1, 4, 6}) expect_identical(run(nn, q, k), run_reference(bank, q, k));
+  const Result r = run(nn, q, 4);
+  EXPECT_EQ(std::vector<int64_t>(r.idx.begin(), r.idx.begin() + 4),
+            (std::vector<int64_t>{5, 700, 1800, 2499}));
+  // Tiny magnitudes: the slack is relative, so nothing underflows into a wrong skip.
+  Tensor small = feature_like(2100, 128, 42);
+  for (float& v : small.data) v *= 1e-4f;
+  Tensor sq = feature_like(50, 128, 43);
+  for (float& v : sq.data) v *= 1e-4f;
+  const NearestNeighbors tiny(small, KnnOptions{2, 16, 0});
+  ASSERT_TRUE(tiny.bounded());
+  expect_identical(run(tiny, sq, 2), run_reference(small, sq, 2));
+}
+
+TEST(Knn, BoundedSearchIgnoresThreadsAndBatches) {
+  const Tensor bank = feature_like(2600, 256, 50);
+  const Tensor q = feature_like(700, 256, 60);
+  const Result one = run(NearestNeighbors(bank, KnnOptions{1, 32, 0}), q, 3);
+  const Result two = run(NearestNeighbors(bank, KnnOptions{2, 32, 0}), q, 3);
+  expect_identical(one, two);
+  // One query at a time gives the same rows as the batch.
+  const NearestNeighbors nn(bank, KnnOptions{2, 32, 0});
+  for (int64_t i = 0; i < 700; i += 99) {
+    std::vector<float> dist(3);
+    std::vector<int64_t> idx(3);
+    nn.search(q.row(i), 1, 3, dist.data(), idx.data());
+    EXPECT_EQ(idx, std::vector<int64_t>(one.idx.begin() + i * 3, one.idx.begin() + i * 3 + 3));
+    EXPECT_EQ(dist, std::vector<float>(one.dist.begin() + i * 3, one.dist.begin() + i * 3 + 3));
+  }
+}
+
+TEST(Knn, BoundOnlyWhereItCanPay) {
+  const Tensor bank = feature_like(3000, 256, 70);
+  EXPECT_TRUE(NearestNeighbors(bank, KnnOptions{1, 64, 2048}).bounded());
+  EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 65, 2048}).bounded());  // D < 4 p
+  EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 0, 0}).bounded());
+  EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 32, 3001}).bounded());
+  // The default: banks of at least 2,048 rows and 512 columns.
+  EXPECT_FALSE(NearestNeighbors(bank, 1).bounded());
+  EXPECT_TRUE(NearestNeighbors(random_matrix(2048, 512, 71), 1).bounded());
+  EXPECT_FALSE(NearestNeighbors(random_matrix(2047, 512, 72), 1).bounded());
+}
+
+TEST(Knn, SquaredDistanceIsAccurate) {
+  for (int64_t d : {1, 7, 8, 9, 1056}) {
+    const Tensor a = random_matrix(1, d, 80), b = random_matrix(1, d, 81);
+    long double exact = 0;
+    for (int64_t j = 0; j < d; ++j)
+      exact += (static_cast<long double>(a.ptr()[j]) - b.ptr()[j]) *
+               (static_cast<long double>(a.ptr()[j]) - b.ptr()[j]);
+    EXPECT_NEAR(squared_distance(a.ptr(), b.ptr(), d), static_cast<double>(exact),
+                static_cast<double>(exact) * (d / 8 + 3) * 0x1p-53);
+  }
 }
 
 }  // namespace

@@ -187,6 +187,10 @@ class Model {
   /// Floating-point operations of the backbone per image (multiply-adds count two), for
   /// benchmarks; 0 when unknown.
   double backbone_flops_per_image() const;
+  /// Bank rows whose distance was computed exactly per patch, averaged over the predictions so
+  /// far; 0 when the search is brute force (small banks) or before any prediction. For
+  /// benchmarks: the rest of the bank was ruled out by a lower bound.
+  double knn_exact_per_patch() const;
   /// Sets the thread count for later predictions (0: all cores).
   void set_threads(int threads);
 

@@ -13,22 +13,13 @@
 #include <utility>
 
 #include "error.h"
+#include "principal_directions.h"
 
-// BLAS and LAPACK through their Fortran names, as FAISS itself declares them (Debian's FAISS
-// links the system libblas / liblapack, which scripts/setup points at OpenBLAS).
+// The cross term's sgemm through its Fortran name, as FAISS itself declares it.
 extern "C" {
 int sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
            const float* beta, float* c, const int* ldc);
-int dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-           const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-           const double* beta, double* c, const int* ldc);
-int ssyrk_(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
-           const float* a, const int* lda, const float* beta, float* c, const int* ldc);
-int dsyevr_(const char* jobz, const char* range, const char* uplo, const int* n, double* a,
-            const int* lda, const double* vl, const double* vu, const int* il, const int* iu,
-            const double* abstol, int* m, double* w, double* z, const int* ldz, int* isuppz,
-            double* work, const int* lwork, int* iwork, const int* liwork, int* info);
 }
 
 namespace patchcore {
@@ -72,39 +63,34 @@ void check_k(const Tensor& bank, int k) {
 // splits into orthogonal parts P (z_x - z_y) and the residuals, and |r_x - r_y| <= |residual
 // difference|, |x - y|^2 >= |z_x - z_y|^2 + (r_x - r_y)^2. The projections and residual norms
 // are computed in double; only the cross term z_x . z_y runs in float (one sgemm, K = p), with
-// rounding below 4e-6 (|z_x|^2 + |z_y|^2) / 2 (gamma_64 of Higham's bound); the float sums of the
-// bound add a few ulp of |x - c|^2 + |y - c|^2. Subtracting kSlack (|x - c|^2 + |y - c|^2), ten
-// times those errors together, keeps the float bound below the double distance. The principal
-// directions only make the bound tight: any orthonormal P gives a valid one.
-constexpr double kSlack = 1e-4;
+// rounding below gamma_p |z_x| |z_y| (Higham; gamma_128 = 7.6e-6); the float sums of the bound
+// add a few ulp of |x - c|^2 + |y - c|^2. Subtracting a slack of (|x - c|^2 + |y - c|^2) times 1e-4
+// p / 128 (more than ten times those errors together) keeps the float bound below the double
+// distance. The principal directions only make the bound tight: any orthonormal P gives a valid
+// one.
+constexpr double kSlackPer128 = 1e-4;  // scaled with p below, as gamma_p is
 
 struct ProjectionBound {
   int p = 0;
-  std::vector<double> mean;    // [D]
-  std::vector<double> basis;   // [D, p] row-major, orthonormal columns
+  PrincipalDirections directions;
   std::vector<float> proj;     // [M, p] the bank's z, rounded to float
   std::vector<float> proj_sq;  // |z|^2 of the float z
   std::vector<float> resid;    // r
-  std::vector<float> slack;    // kSlack |b - c|^2
+  std::vector<float> slack;    // the slack factor times |b - c|^2
 };
 
-// z, |z|^2, r and the slack of `rows` rows of x (row-major, d columns). xc: scratch of
-// rows * d doubles, z: of rows * p doubles.
+// z, |z|^2, r and the slack of `rows` rows of x (row-major, d columns). cn_all and z are
+// scratch (resized here).
 void project_rows(const ProjectionBound& pb, const float* x, int64_t rows, int64_t d,
-                  std::vector<double>& xc, std::vector<double>& z, float* proj, float* proj_sq,
+                  std::vector<double>& cn_all, std::vector<double>& z, float* proj, float* proj_sq,
                   float* resid, float* slack) {
   const int p = pb.p;
-  xc.resize(static_cast<size_t>(rows * d));
+  cn_all.resize(static_cast<size_t>(rows));
   z.resize(static_cast<size_t>(rows * p));
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < d; ++j) xc[i * d + j] = double(x[i * d + j]) - pb.mean[j];
-  // Column-major view: z^T [p, rows] = basis^T [p, d] * xc^T [d, rows].
-  const int m = p, n = static_cast<int>(rows), k = static_cast<int>(d);
-  const double one = 1.0, zero = 0.0;
-  dgemm_("N", "N", &m, &n, &k, &one, pb.basis.data(), &m, xc.data(), &k, &zero, z.data(), &m);
+  project_centred(pb.directions, x, rows, d, z.data(), cn_all.data());
   for (int64_t i = 0; i < rows; ++i) {
-    double cn = 0.0, zn = 0.0, fn = 0.0;
-    for (int64_t j = 0; j < d; ++j) cn += xc[i * d + j] * xc[i * d + j];
+    const double cn = cn_all[i];
+    double zn = 0.0, fn = 0.0;
     for (int j = 0; j < p; ++j) {
       const double v = z[i * p + j];
       const float f = static_cast<float>(v);
@@ -114,74 +100,18 @@ void project_rows(const ProjectionBound& pb, const float* x, int64_t rows, int64
     }
     proj_sq[i] = static_cast<float>(fn);
     resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - zn)));
-    slack[i] = static_cast<float>(kSlack * cn);
+    slack[i] = static_cast<float>(kSlackPer128 * std::max(1.0, p / 128.0) * cn);
   }
 }
 
-// The top-p principal directions of (a sample of) the bank, or nothing when LAPACK fails or the
-// directions do not come out orthonormal (then search() stays brute force).
+// The bound for a bank, or nothing when no principal directions come out (then search()
+// stays brute force).
 std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int threads) {
   const int64_t m = bank.dim(0), d = bank.dim(1);
   ProjectionBound pb;
   pb.p = p;
-  pb.mean.assign(static_cast<size_t>(d), 0.0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < d; ++j) pb.mean[j] += bank.row(i)[j];
-  for (double& v : pb.mean) v /= static_cast<double>(m);
-
-  // 16,384 evenly spaced rows estimate the covariance well enough for a tight bound.
-  const int64_t s = std::min<int64_t>(m, 16384);
-  std::vector<float> sample(static_cast<size_t>(s * d));
-  for (int64_t i = 0; i < s; ++i) {
-    const float* row = bank.row(i * m / s);
-    for (int64_t j = 0; j < d; ++j) sample[i * d + j] = static_cast<float>(row[j] - pb.mean[j]);
-  }
-  const int n = static_cast<int>(d), k = static_cast<int>(s);
-  std::vector<float> cov(static_cast<size_t>(d * d), 0.0f);
-  {
-    OmpThreadsGuard guard(threads);
-    const float one = 1.0f, zero = 0.0f;
-    ssyrk_("U", "N", &n, &k, &one, sample.data(), &n, &zero, cov.data(), &n);
-  }
-  std::vector<double> a(cov.begin(), cov.end());
-  const int il = n - p + 1, iu = n;
-  const double vl = 0.0, vu = 0.0, abstol = 0.0;
-  int found = 0, info = 0;
-  std::vector<double> w(static_cast<size_t>(n)), zc(static_cast<size_t>(d * p));
-  std::vector<int> isuppz(static_cast<size_t>(2 * p));
-  double work_size = 0.0;
-  int iwork_size = 0;
-  const int query = -1;
-  dsyevr_("V", "I", "U", &n, a.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), zc.data(),
-          &n, isuppz.data(), &work_size, &query, &iwork_size, &query, &info);
-  if (info != 0) return std::nullopt;
-  const int lwork = static_cast<int>(work_size), liwork = iwork_size;
-  std::vector<double> work(static_cast<size_t>(std::max(1, lwork)));
-  std::vector<int> iwork(static_cast<size_t>(std::max(1, liwork)));
-  dsyevr_("V", "I", "U", &n, a.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), zc.data(),
-          &n, isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
-  if (info != 0 || found != p) return std::nullopt;
-
-  // Re-orthonormalised in double (modified Gram-Schmidt) so the bound's validity does not rest
-  // on LAPACK's accuracy; a direction that collapses means P is unusable.
-  for (int c = 0; c < p; ++c) {
-    double* v = zc.data() + static_cast<size_t>(c) * d;
-    for (int prev = 0; prev < c; ++prev) {
-      const double* u = zc.data() + static_cast<size_t>(prev) * d;
-      double dot = 0.0;
-      for (int64_t j = 0; j < d; ++j) dot += u[j] * v[j];
-      for (int64_t j = 0; j < d; ++j) v[j] -= dot * u[j];
-    }
-    double norm = 0.0;
-    for (int64_t j = 0; j < d; ++j) norm += v[j] * v[j];
-    norm = std::sqrt(norm);
-    if (!(norm > 0.5)) return std::nullopt;
-    for (int64_t j = 0; j < d; ++j) v[j] /= norm;
-  }
-  pb.basis.resize(static_cast<size_t>(d * p));
-  for (int64_t j = 0; j < d; ++j)
-    for (int c = 0; c < p; ++c) pb.basis[j * p + c] = zc[static_cast<size_t>(c) * d + j];
-
+  pb.directions = principal_directions(bank.ptr(), m, d, p, threads);
+  if (pb.directions.p != p) return std::nullopt;
   pb.proj.resize(static_cast<size_t>(m * p));
   pb.proj_sq.resize(static_cast<size_t>(m));
   pb.resid.resize(static_cast<size_t>(m));
@@ -190,11 +120,11 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int thread
   const int64_t blocks = (m + kBlock - 1) / kBlock;
 #pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads())
   {
-    std::vector<double> xc, z;
+    std::vector<double> cn, z;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kBlock, rows = std::min(kBlock, m - r0);
-      project_rows(pb, bank.row(r0), rows, d, xc, z, pb.proj.data() + r0 * p,
+      project_rows(pb, bank.row(r0), rows, d, cn, z, pb.proj.data() + r0 * p,
                    pb.proj_sq.data() + r0, pb.resid.data() + r0, pb.slack.data() + r0);
     }
   }
@@ -258,7 +188,7 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
   std::atomic<int64_t> total_measured{0};
 #pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(nthreads, blocks)))
   {
-    std::vector<double> xc, z;
+    std::vector<double> cn, z;
     std::vector<float> qproj(static_cast<size_t>(block * p)), qsq(static_cast<size_t>(block)),
         qres(static_cast<size_t>(block)), qslack(static_cast<size_t>(block));
     std::vector<float> cross(static_cast<size_t>(block * m)), bound_row(static_cast<size_t>(m));
@@ -267,7 +197,7 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t q0 = b * block, rows = std::min(block, n - q0);
-      project_rows(pb, q + q0 * d, rows, d, xc, z, qproj.data(), qsq.data(), qres.data(),
+      project_rows(pb, q + q0 * d, rows, d, cn, z, qproj.data(), qsq.data(), qres.data(),
                    qslack.data());
       // Column-major view: cross^T [m, rows] = proj [m, p] * qproj^T [p, rows].
       const int mm = static_cast<int>(m), nn = static_cast<int>(rows), kk = p;

@@ -15,6 +15,11 @@
 #include "error.h"
 #include "principal_directions.h"
 
+// BLAS sgemm through its Fortran name, as FAISS declares it.
+extern "C" int sgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                      const int* k, const float* alpha, const float* a, const int* lda,
+                      const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+
 namespace patchcore {
 namespace {
 
@@ -79,44 +84,6 @@ std::vector<int64_t> distinct_rows(uint64_t seed, int64_t n, int64_t count) {
 }
 
 int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
-
-// features @ matrix, each output summed over k = 0..D-1 in order (identical bits for every
-// blocking below and every thread count); 4 rows x 16 columns per register block.
-__attribute__((target_clones("avx2", "default"))) void project_rows(const float* x, int64_t n,
-                                                                    int64_t d, const float* p,
-                                                                    int64_t pd, float* out,
-                                                                    int64_t begin, int64_t end) {
-  constexpr int kRows = 4;
-  int64_t i = begin;
-  for (; i + kRows <= end; i += kRows) {
-    int64_t j = 0;
-    for (; j + kLanes <= pd; j += kLanes) {
-      float acc[kRows][kLanes] = {};
-      for (int64_t k = 0; k < d; ++k) {
-        const float* pk = p + k * pd + j;
-        for (int r = 0; r < kRows; ++r) {
-          const float xv = x[(i + r) * d + k];
-          for (int l = 0; l < kLanes; ++l) acc[r][l] += xv * pk[l];
-        }
-      }
-      for (int r = 0; r < kRows; ++r)
-        for (int l = 0; l < kLanes; ++l) out[(i + r) * pd + j + l] = acc[r][l];
-    }
-    for (; j < pd; ++j)
-      for (int r = 0; r < kRows; ++r) {
-        float acc = 0.0f;
-        for (int64_t k = 0; k < d; ++k) acc += x[(i + r) * d + k] * p[k * pd + j];
-        out[(i + r) * pd + j] = acc;
-      }
-  }
-  for (; i < end; ++i)
-    for (int64_t j = 0; j < pd; ++j) {
-      float acc = 0.0f;
-      for (int64_t k = 0; k < d; ++k) acc += x[i * d + k] * p[k * pd + j];
-      out[i * pd + j] = acc;
-    }
-  (void)n;
-}
 
 // The rows the greedy search runs on: the projection, or the features themselves when
 // D <= proj_dim (no copy).
@@ -238,12 +205,25 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
   const int64_t d = features.dim(1);
   PATCHCORE_ASSERT(static_cast<int64_t>(matrix.size()) == d * proj_dim);
   Tensor out({n, proj_dim});
-  constexpr int64_t kChunk = 256;
+  // Fixed chunks of rows, one single-threaded sgemm each: which thread runs a chunk cannot
+  // change its bits. The thread count is set to 1 around the loop so that OpenBLAS (OpenMP
+  // build) does not start threads of its own inside a team of one.
+  constexpr int64_t kChunk = 1024;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(threads)) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c)
-    project_rows(features.ptr(), n, d, matrix.data(), proj_dim, out.ptr(), c * kChunk,
-                 std::min(n, (c + 1) * kChunk));
+  const int saved = omp_get_max_threads();
+  const int team = resolve_threads(threads);
+  omp_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = c * kChunk;
+    // Column-major view: out^T [pd, rows] = matrix^T [pd, d] * features^T [d, rows].
+    const int m = proj_dim, rows = static_cast<int>(std::min(kChunk, n - r0)),
+              k = static_cast<int>(d);
+    const float one = 1.0f, zero = 0.0f;
+    sgemm_("N", "N", &m, &rows, &k, &one, matrix.data(), &m, features.ptr() + r0 * d, &k, &zero,
+           out.ptr() + r0 * proj_dim, &m);
+  }
+  omp_set_num_threads(saved);
   return out;
 }
 

@@ -48,8 +48,9 @@ std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const Core
 /// standard library).
 std::vector<float> coreset_projection_matrix(int64_t d, int proj_dim, uint64_t seed);
 
-/// features [N, D] times matrix [D, proj_dim] -> [N, proj_dim], each entry summed in float
-/// over D in index order: the same bits for every thread count. threads <= 0: all cores.
+/// features [N, D] times matrix [D, proj_dim] -> [N, proj_dim] by BLAS sgemm on fixed chunks of
+/// 1,024 rows, one single-threaded call each: the same bits for every thread count (not
+/// necessarily across CPUs, whose BLAS kernels differ). threads <= 0: all cores.
 Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix, int proj_dim,
                        int threads = 0);
 

@@ -296,6 +296,9 @@ void NearestNeighbors::search(const float* queries, int64_t n, int k, float* sq_
   if (n == 0) return;
   PATCHCORE_ASSERT(queries != nullptr && sq_dist != nullptr && index != nullptr);
   if (impl_->bound) {
+    // A single block runs in a team of one, where OpenBLAS would take its own thread count
+    // from the caller's OpenMP setting: pin it to ours.
+    OmpThreadsGuard guard(impl_->threads);
     impl_->search_bounded(queries, n, k, sq_dist, index);
     return;
   }

@@ -152,9 +152,10 @@ double available_bytes() {
 }
 
 // Fails before hours of feature extraction when the bank cannot fit: every training patch is
-// held until the coreset is chosen, plus the coreset's projection of it.
+// held until the coreset is chosen, plus the coreset's projection of it (with room for a copy)
+// and its 16 subspace coordinates and slack per row.
 void check_memory(double bank_bytes, int proj_dim, int64_t rows) {
-  const double need = bank_bytes + static_cast<double>(rows) * proj_dim * 4.0 * 2.0;
+  const double need = bank_bytes + static_cast<double>(rows) * (proj_dim * 2.0 + 17.0) * 4.0;
   const double have = available_bytes();
   if (have > 0 && need > 0.9 * have) {
     char msg[400];

@@ -309,13 +309,14 @@ __attribute__((target_clones("avx2", "default"))) float min_sq_distance(
 // 16 principal directions of the projected rows (orthonormal, so never above the full squared
 // distance). On CNN patch features it rules out about 90 % of the row-pick pairs the triangle
 // test leaves, for an eighth of the cost of the full distance. Coordinates are computed in
-// double and stored as float; the float sum of 16 squares is then within 4e-6 of itself and
-// the storage rounding within 5e-7 (|y_x|^2 + |y_c|^2) of the exact value, so subtracting
-// 1e-5 (|y_x|^2 + |y_c|^2) and 4e-6 of the sum keeps it a lower bound.
+// double and stored as float; the float sum of 16 squares is then within 4e-6 of itself, the
+// storage rounding within 5e-7 (|y_x|^2 + |y_c|^2) and the double arithmetic within 1e-13
+// (|x - mean|^2 + |c - mean|^2) of the exact value, so subtracting 4e-6 of the sum and a slack
+// of 1e-5 |y|^2 + 1e-12 |x - mean|^2 per row keeps it a lower bound.
 struct SubspaceBound {
   static constexpr int kDim = 16;
   std::vector<float> coords;  // [n, kDim]
-  std::vector<float> slack;   // 1e-5 |y|^2 per row
+  std::vector<float> slack;   // 1e-5 |y|^2 + 1e-12 |x - mean|^2 per row
   bool empty() const { return coords.empty(); }
 };
 
@@ -329,13 +330,16 @@ SubspaceBound subspace_bound(const float* rows, int64_t n, int64_t dim, int thre
   b.slack.resize(static_cast<size_t>(n));
   constexpr int64_t kBlock = 1024;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
+  // BLAS inside the loop runs single-threaded, also in a team of one (see coreset_project).
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> y(static_cast<size_t>(kBlock * q));
+    std::vector<double> y(static_cast<size_t>(kBlock * q)), centred(static_cast<size_t>(kBlock));
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < blocks; ++k) {
       const int64_t r0 = k * kBlock, rows_here = std::min(kBlock, n - r0);
-      project_centred(pd, rows + r0 * dim, rows_here, dim, y.data(), nullptr);
+      project_centred(pd, rows + r0 * dim, rows_here, dim, y.data(), centred.data());
       for (int64_t i = 0; i < rows_here; ++i) {
         double sq = 0.0;
         for (int l = 0; l < q; ++l) {
@@ -343,10 +347,11 @@ SubspaceBound subspace_bound(const float* rows, int64_t n, int64_t dim, int thre
           b.coords[(r0 + i) * q + l] = f;
           sq += double(f) * double(f);
         }
-        b.slack[r0 + i] = static_cast<float>(1e-5 * sq);
+        b.slack[r0 + i] = static_cast<float>(1e-5 * sq + 1e-12 * centred[i]);
       }
     }
   }
+  omp_set_num_threads(saved);
   return b;
 }
 

@@ -118,7 +118,9 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int thread
   pb.slack.resize(static_cast<size_t>(m));
   constexpr int64_t kBlock = 256;
   const int64_t blocks = (m + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads())
+  const int team = threads > 0 ? threads : omp_get_max_threads();
+  OmpThreadsGuard single(1);  // BLAS inside the loop runs single-threaded, even in a team of one
+#pragma omp parallel num_threads(team)
   {
     std::vector<double> cn, z;
 #pragma omp for schedule(static)
@@ -184,9 +186,10 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
   const int p = pb.p;
   const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / m, 8, 256);
   const int64_t blocks = (n + block - 1) / block;
-  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  const int team =
+      static_cast<int>(std::min<int64_t>(threads > 0 ? threads : omp_get_max_threads(), blocks));
   std::atomic<int64_t> total_measured{0};
-#pragma omp parallel num_threads(static_cast <int>(std::min <int64_t>(nthreads, blocks)))
+#pragma omp parallel num_threads(team)
   {
     std::vector<double> cn, z;
     std::vector<float> qproj(static_cast<size_t>(block * p)), qsq(static_cast<size_t>(block)),

@@ -65,6 +65,12 @@ PrincipalDirections principal_directions(const float* rows, int64_t n, int64_t d
   dsyevr_("V", "I", "U", &nd, a.data(), &nd, &vl, &vu, &il, &iu, &abstol, &found, w.data(),
           z.data(), &nd, isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
   if (info != 0 || found != p) return {};
+  // LAPACK returns ascending eigenvalues: reverse the columns so that column 0 has the largest
+  // variance (callers may use a leading subset).
+  for (int c = 0; c < p / 2; ++c)
+    std::swap_ranges(z.begin() + static_cast<int64_t>(c) * d,
+                     z.begin() + static_cast<int64_t>(c + 1) * d,
+                     z.begin() + static_cast<int64_t>(p - 1 - c) * d);
 
   for (int c = 0; c < p; ++c) {
     double* v = z.data() + static_cast<size_t>(c) * d;

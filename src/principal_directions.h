@@ -9,7 +9,8 @@ namespace patchcore {
 
 struct PrincipalDirections {
   std::vector<double> mean;   ///< [d]
-  std::vector<double> basis;  ///< [d, p] row-major; columns orthonormal to double rounding
+  std::vector<double> basis;  ///< [d, p] row-major, columns by decreasing variance, orthonormal
+                              ///< to double rounding
   int p = 0;                  ///< 0: none found
 };
 

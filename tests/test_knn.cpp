@@ -199,17 +199,20 @@ TEST(Knn, BoundedSearchIsTheBruteForceExactly) {
   for (int64_t i = 0; i < 20; ++i) std::copy_n(bank.row(i * 97), 256, q.row(i));
   for (int64_t i = 20; i < 30; ++i)
     for (int64_t j = 0; j < 256; ++j) q.row(i)[j] *= 8.0f;
-  const NearestNeighbors nn(bank, KnnOptions{2, 32, 1000});
-  ASSERT_TRUE(nn.bounded());
-  for (int k : {1, 3, 9}) {
-    SCOPED_TRACE(::testing::Message() << "k=" << k);
-    const Result got = run(nn, q, k);
-    expect_identical(got, run_reference(bank, q, k));
-    for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(got.dist[i * k], 0.0f);
+  // 32 directions: the head bound alone; 64: head plus the full bound on the rows it passes.
+  for (int p : {32, 64}) {
+    const NearestNeighbors nn(bank, KnnOptions{2, p, 1000});
+    ASSERT_TRUE(nn.bounded());
+    for (int k : {1, 3, 9}) {
+      SCOPED_TRACE(::testing::Message() << "p=" << p << " k=" << k);
+      const Result got = run(nn, q, k);
+      expect_identical(got, run_reference(bank, q, k));
+      for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(got.dist[i * k], 0.0f);
+    }
+    // The point of the bound: most rows are never measured on data like this.
+    EXPECT_LT(nn.exact_per_query(), 3000.0 / 10);
+    EXPECT_GE(nn.exact_per_query(), 1.0);
   }
-  // The point of the bound: most rows are never measured on data like this.
-  EXPECT_LT(nn.exact_per_query(), 3000.0 / 10);
-  EXPECT_GE(nn.exact_per_query(), 1.0);
 }
 
 TEST(Knn, BoundedSearchStaysExactWhereTheBoundIsLoose) {
@@ -224,6 +227,14 @@ TEST(Knn, BoundedSearchStaysExactWhereTheBoundIsLoose) {
   const NearestNeighbors nn(bank, KnnOptions{1, 16, 0});
   ASSERT_TRUE(nn.bounded());
   for (int k : {1, 4, 6}) expect_identical(run(nn, q, k), run_reference(bank, q, k));
+  // The same with 192 columns and 48 directions, so that the full bound runs after the head.
+  Tensor wide = random_matrix(2500, 192, 44);
+  for (float& v : wide.data) v = 100.0f + v;
+  Tensor wq = random_matrix(64, 192, 45);
+  for (float& v : wq.data) v = 100.0f + v;
+  const NearestNeighbors two_stage(wide, KnnOptions{2, 48, 0});
+  ASSERT_TRUE(two_stage.bounded());
+  for (int k : {1, 4}) expect_identical(run(two_stage, wq, k), run_reference(wide, wq, k));
   const Result r = run(nn, q, 4);
   EXPECT_EQ(std::vector<int64_t>(r.idx.begin(), r.idx.begin() + 4),
             (std::vector<int64_t>{5, 700, 1800, 2499}));
@@ -240,11 +251,11 @@ TEST(Knn, BoundedSearchStaysExactWhereTheBoundIsLoose) {
 TEST(Knn, BoundedSearchIgnoresThreadsAndBatches) {
   const Tensor bank = feature_like(2600, 256, 50);
   const Tensor q = feature_like(700, 256, 60);
-  const Result one = run(NearestNeighbors(bank, KnnOptions{1, 32, 0}), q, 3);
-  const Result two = run(NearestNeighbors(bank, KnnOptions{2, 32, 0}), q, 3);
+  const Result one = run(NearestNeighbors(bank, KnnOptions{1, 48, 0}), q, 3);
+  const Result two = run(NearestNeighbors(bank, KnnOptions{2, 48, 0}), q, 3);
   expect_identical(one, two);
   // One query at a time gives the same rows as the batch.
-  const NearestNeighbors nn(bank, KnnOptions{2, 32, 0});
+  const NearestNeighbors nn(bank, KnnOptions{2, 48, 0});
   for (int64_t i = 0; i < 700; i += 99) {
     std::vector<float> dist(3);
     std::vector<int64_t> idx(3);

@@ -70,58 +70,37 @@ void check_k(const Tensor& bank, int k) {
 // one.
 constexpr double kSlackPer128 = 1e-4;  // scaled with p below, as gamma_p is
 
-// Two stages: the first kHead directions give a bound for every bank row through one sgemm
-// (|z_head difference|^2 + (r_head difference)^2, with r_head the norm beyond the head), the
-// rows that pass it get the full p-direction bound from direct differences of their stored
-// coordinates, and only rows passing that are measured. The head keeps the sgemm 4x smaller;
-// the full bound keeps the exact measurements as few as with p directions throughout.
-constexpr int kHead = 32;
-
 struct ProjectionBound {
   int p = 0;
-  int head = 0;  // min(kHead, p)
   PrincipalDirections directions;
-  std::vector<float> proj;        // [M, p] the bank's z, rounded to float
-  std::vector<float> head_sq;     // |z_head|^2 of the float z
-  std::vector<float> head_resid;  // r_head
-  std::vector<float> resid;       // r
-  std::vector<float> slack;       // the slack factor times |b - c|^2
+  std::vector<float> proj;     // [M, p] the bank's z, rounded to float
+  std::vector<float> proj_sq;  // |z|^2 of the float z
+  std::vector<float> resid;    // r
+  std::vector<float> slack;    // the slack factor times |b - c|^2
 };
 
-// Where project_rows() writes a block of rows' figures.
-struct RowFigures {
-  float* proj;
-  float* head_sq;
-  float* head_resid;
-  float* resid;
-  float* slack;
-};
-
-// z, |z_head|^2, r_head, r and the slack of `rows` rows of x (row-major, d columns). cn_all and
-// z are scratch (resized here).
+// z, |z|^2, r and the slack of `rows` rows of x (row-major, d columns). cn_all and z are
+// scratch (resized here).
 void project_rows(const ProjectionBound& pb, const float* x, int64_t rows, int64_t d,
-                  std::vector<double>& cn_all, std::vector<double>& z, const RowFigures& out) {
+                  std::vector<double>& cn_all, std::vector<double>& z, float* proj, float* proj_sq,
+                  float* resid, float* slack) {
   const int p = pb.p;
   cn_all.resize(static_cast<size_t>(rows));
   z.resize(static_cast<size_t>(rows * p));
   project_centred(pb.directions, x, rows, d, z.data(), cn_all.data());
   for (int64_t i = 0; i < rows; ++i) {
     const double cn = cn_all[i];
-    double zn = 0.0, head_zn = 0.0, head_fn = 0.0;
+    double zn = 0.0, fn = 0.0;
     for (int j = 0; j < p; ++j) {
       const double v = z[i * p + j];
       const float f = static_cast<float>(v);
-      out.proj[i * p + j] = f;
+      proj[i * p + j] = f;
       zn += v * v;
-      if (j < pb.head) {
-        head_zn += v * v;
-        head_fn += double(f) * double(f);
-      }
+      fn += double(f) * double(f);
     }
-    out.head_sq[i] = static_cast<float>(head_fn);
-    out.head_resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - head_zn)));
-    out.resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - zn)));
-    out.slack[i] = static_cast<float>(kSlackPer128 * std::max(1.0, p / 128.0) * cn);
+    proj_sq[i] = static_cast<float>(fn);
+    resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - zn)));
+    slack[i] = static_cast<float>(kSlackPer128 * std::max(1.0, p / 128.0) * cn);
   }
 }
 
@@ -133,10 +112,8 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int thread
   pb.p = p;
   pb.directions = principal_directions(bank.ptr(), m, d, p, threads);
   if (pb.directions.p != p) return std::nullopt;
-  pb.head = std::min(kHead, p);
   pb.proj.resize(static_cast<size_t>(m * p));
-  pb.head_sq.resize(static_cast<size_t>(m));
-  pb.head_resid.resize(static_cast<size_t>(m));
+  pb.proj_sq.resize(static_cast<size_t>(m));
   pb.resid.resize(static_cast<size_t>(m));
   pb.slack.resize(static_cast<size_t>(m));
   constexpr int64_t kBlock = 256;
@@ -149,10 +126,8 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int thread
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kBlock, rows = std::min(kBlock, m - r0);
-      project_rows(
-          pb, bank.row(r0), rows, d, cn, z,
-          RowFigures{pb.proj.data() + r0 * p, pb.head_sq.data() + r0, pb.head_resid.data() + r0,
-                     pb.resid.data() + r0, pb.slack.data() + r0});
+      project_rows(pb, bank.row(r0), rows, d, cn, z, pb.proj.data() + r0 * p,
+                   pb.proj_sq.data() + r0, pb.resid.data() + r0, pb.slack.data() + r0);
     }
   }
   return pb;
@@ -217,62 +192,40 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
 #pragma omp parallel num_threads(team)
   {
     std::vector<double> cn, z;
-    std::vector<float> qproj(static_cast<size_t>(block * p)), qhead_sq(static_cast<size_t>(block)),
-        qhead_resid(static_cast<size_t>(block)), qresid(static_cast<size_t>(block)),
-        qslack(static_cast<size_t>(block));
+    std::vector<float> qproj(static_cast<size_t>(block * p)), qsq(static_cast<size_t>(block)),
+        qres(static_cast<size_t>(block)), qslack(static_cast<size_t>(block));
     std::vector<float> cross(static_cast<size_t>(block * m)), bound_row(static_cast<size_t>(m));
-    BestK seeds(k), best(k), shortlist(std::max(16, 2 * k));
+    BestK seeds(k), best(k);
     int64_t my_measured = 0;
-    // The full bound of bank row j, from differences (a float sum of p squares: within
-    // gamma_p of itself, inside the slack).
-    const auto full_bound = [&](const float* zq, float qres, float qsl, int64_t j) {
-      const float* zb = pb.proj.data() + j * p;
-      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight chains, so it vectorises
-      int l = 0;
-      for (; l + 8 <= p; l += 8)
-        for (int u = 0; u < 8; ++u) {
-          const float t = zq[l + u] - zb[l + u];
-          lane[u] += t * t;
-        }
-      for (int u = 0; l < p; ++l, ++u) {
-        const float t = zq[l] - zb[l];
-        lane[u] += t * t;
-      }
-      const float full =
-          ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-      const float dr = qres - pb.resid[j];
-      return full + dr * dr - (qsl + pb.slack[j]);
-    };
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t q0 = b * block, rows = std::min(block, n - q0);
-      project_rows(pb, q + q0 * d, rows, d, cn, z,
-                   RowFigures{qproj.data(), qhead_sq.data(), qhead_resid.data(), qresid.data(),
-                              qslack.data()});
-      // Column-major view: cross^T [m, rows] = proj_head [m, head] * qproj_head^T [head, rows];
-      // the leading dimension p skips the tails.
-      const int mm = static_cast<int>(m), nn = static_cast<int>(rows), kk = pb.head, ld = p;
+      project_rows(pb, q + q0 * d, rows, d, cn, z, qproj.data(), qsq.data(), qres.data(),
+                   qslack.data());
+      // Column-major view: cross^T [m, rows] = proj [m, p] * qproj^T [p, rows].
+      const int mm = static_cast<int>(m), nn = static_cast<int>(rows), kk = p;
       const float one = 1.0f, zero = 0.0f;
-      sgemm_("T", "N", &mm, &nn, &kk, &one, pb.proj.data(), &ld, qproj.data(), &ld, &zero,
+      sgemm_("T", "N", &mm, &nn, &kk, &one, pb.proj.data(), &kk, qproj.data(), &kk, &zero,
              cross.data(), &mm);
       for (int64_t i = 0; i < rows; ++i) {
         const float* query = q + (q0 + i) * d;
-        const float* zq = qproj.data() + i * p;
         const float* c = cross.data() + i * m;
-        const float qs = qhead_sq[i], qr = qhead_resid[i], qsl = qslack[i];
+        const float qs = qsq[i], qr = qres[i], qsl = qslack[i];
         for (int64_t j = 0; j < m; ++j) {
-          const float dr = qr - pb.head_resid[j];
-          bound_row[j] = qs + pb.head_sq[j] - 2.0f * c[j] + dr * dr - (qsl + pb.slack[j]);
+          const float dr = qr - pb.resid[j];
+          bound_row[j] = qs + pb.proj_sq[j] - 2.0f * c[j] + dr * dr - (qsl + pb.slack[j]);
         }
-        // Seeds for the threshold: the rows with the smallest head bounds, ranked again by the
-        // full bound; the k best of those are measured (and kept out of the pass below).
+        // The k smallest bounds seed the threshold (measured, then kept out of the next pass).
         seeds.clear();
-        for (int64_t j = 0; j < m; ++j)
-          if (!shortlist.full() || bound_row[j] <= shortlist.worst())
-            shortlist.offer(bound_row[j], j);
-        for (const auto& item : shortlist.items())
-          seeds.offer(full_bound(zq, qresid[i], qsl, item.second), item.second);
-        shortlist.clear();
+        if (k == 1) {
+          int64_t arg = 0;
+          for (int64_t j = 1; j < m; ++j)
+            if (bound_row[j] < bound_row[arg]) arg = j;
+          seeds.offer(bound_row[arg], arg);
+        } else {
+          for (int64_t j = 0; j < m; ++j)
+            if (!seeds.full() || bound_row[j] <= seeds.worst()) seeds.offer(bound_row[j], j);
+        }
         best.clear();
         for (const auto& item : seeds.items()) {
           best.offer(squared_distance(query, bank.row(item.second), d), item.second);
@@ -284,7 +237,6 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
         float threshold = next_float_up(best.worst());
         for (int64_t j = 0; j < m; ++j) {
           if (!(bound_row[j] <= threshold)) continue;
-          if (p > pb.head && !(full_bound(zq, qresid[i], qsl, j) <= threshold)) continue;
           best.offer(squared_distance(query, bank.row(j), d), j);
           threshold = next_float_up(best.worst());
           ++my_measured;

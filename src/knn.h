@@ -38,11 +38,10 @@ class NearestNeighbors {
   /// answer is never padded or clamped.
   ///
   /// With the bound (bounded() true) the answer is knn_reference()'s exactly: every bank row
-  /// gets a lower bound of its distance from the bank's top principal directions P
-  /// (|P(q - b)|^2 + (|residual q| - |residual b|)^2): first from the top 32 directions for all
-  /// rows (the cross term by one sgemm), then from all proj_dim directions for the rows that
-  /// pass; only rows whose bound does not exceed the k-th best exact distance so far are
-  /// measured exactly. On CNN patch features 5-54 of 10,000 rows are measured per query.
+  /// gets a lower bound of its distance from the bank's top proj_dim principal directions
+  /// (|P(q - b)|^2 + (|residual q| - |residual b|)^2, the cross term by one small sgemm), and
+  /// only rows whose bound does not exceed the k-th best exact distance so far are measured
+  /// exactly. On CNN patch features a few dozen of 10,000 rows are measured per query.
   /// Without it, FAISS's brute force (BLAS for batches of >= 20 queries) chooses the
   /// neighbours, and rows closer than its rounding (~1e-7 of the norms) may come in either
   /// order.

@@ -199,7 +199,6 @@ TEST(Knn, BoundedSearchIsTheBruteForceExactly) {
   for (int64_t i = 0; i < 20; ++i) std::copy_n(bank.row(i * 97), 256, q.row(i));
   for (int64_t i = 20; i < 30; ++i)
     for (int64_t j = 0; j < 256; ++j) q.row(i)[j] *= 8.0f;
-  // 32 directions: the head bound alone; 64: head plus the full bound on the rows it passes.
   for (int p : {32, 64}) {
     const NearestNeighbors nn(bank, KnnOptions{2, p, 1000});
     ASSERT_TRUE(nn.bounded());
@@ -227,7 +226,7 @@ TEST(Knn, BoundedSearchStaysExactWhereTheBoundIsLoose) {
   const NearestNeighbors nn(bank, KnnOptions{1, 16, 0});
   ASSERT_TRUE(nn.bounded());
   for (int k : {1, 4, 6}) expect_identical(run(nn, q, k), run_reference(bank, q, k));
-  // The same with 192 columns and 48 directions, so that the full bound runs after the head.
+  // The same with 192 columns and 48 directions.
   Tensor wide = random_matrix(2500, 192, 44);
   for (float& v : wide.data) v = 100.0f + v;
   Tensor wq = random_matrix(64, 192, 45);

@@ -12,15 +12,9 @@
 #include <string>
 #include <utility>
 
+#include "blas.h"
 #include "error.h"
 #include "principal_directions.h"
-
-// The cross term's sgemm through its Fortran name, as FAISS itself declares it.
-extern "C" {
-int sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-           const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-           const float* beta, float* c, const int* ldc);
-}
 
 namespace patchcore {
 namespace {

@@ -1,14 +1,13 @@
 // End-to-end: the patchcore binary on generated data, as a user or a script drives it.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <sstream>
 
 #include "synthetic.h"
 #include "test_support.h"
@@ -56,9 +55,9 @@ class Cli : public ::testing::Test {
     p.n_test_good = 6;
     p.n_per_defect = 4;
     patchcore::write_synthetic_dataset(data(), p);
-    fit_ = new CmdResult(run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(),
-                               "--backbone", "mobilenet_v2", "--image-size", "160",
-                               "--coreset-ratio", "0.1"}));
+    fit_ = new CmdResult(
+        run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(), "--backbone",
+                    "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1"}));
   }
   static void TearDownTestSuite() {
     delete fit_;
@@ -94,10 +93,38 @@ TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
 
+TEST_F(Cli, BenchReportsEveryStageAsJson) {
+  CmdResult r = run(local_, {"bench", "--data", data().string(), "--backbone", "mobilenet_v2",
+                             "--image-size", "160", "--max-predict", "3", "--threads", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["machine"]["sgemm_gflops"].get<double>(), 0.0);
+  EXPECT_EQ(j["fit"]["images"].get<int>(), 16);
+  for (const char* stage : {"decode", "backbone", "embedding", "coreset"})
+    EXPECT_GE(j["fit"]["stages"][stage]["seconds"].get<double>(), 0.0) << stage;
+  const auto& p = j["predict"];
+  EXPECT_EQ(p["images"].get<int>(), 3);
+  for (const char* stage : {"decode", "backbone", "embedding", "knn", "map"})
+    EXPECT_EQ(p["stages"][stage]["items"].get<int>(), 3) << stage;
+  // Which search ran follows from the bank (see KnnOptions), and says how much it measured.
+  const int64_t rows = j["memory_bank"]["rows"].get<int64_t>();
+  const int64_t dim = j["memory_bank"]["dim"].get<int64_t>();
+  const bool bounded = rows >= 2048 && dim >= 512;
+  EXPECT_EQ(p["knn_search"], bounded ? "bounded" : "brute force");
+  const double exact = p["knn_exact_rows_per_patch"].get<double>();
+  if (bounded) {
+    EXPECT_GE(exact, 1.0);
+    EXPECT_LE(exact, static_cast<double>(rows));
+  } else {
+    EXPECT_EQ(exact, 0.0);
+  }
+  EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
+}
+
 TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
   const fs::path out = local_ / "eval";
-  CmdResult r = run(local_, {"eval", "--model", model().string(), "--data", data().string(), "--out",
-                       out.string()});
+  CmdResult r = run(local_, {"eval", "--model", model().string(), "--data", data().string(),
+                             "--out", out.string()});
   ASSERT_EQ(r.code, 0) << r.err;
   auto m = nlohmann::json::parse(read_bytes(out / "metrics.json"));
   EXPECT_EQ(m["n_images"], 6 + 3 * 4);
@@ -118,8 +145,8 @@ TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
 TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
   const fs::path out = local_ / "pred";
   CmdResult r = run(local_, {"predict", "--model", model().string(), "--out", out.string(),
-                       (data() / "test" / "good" / "000.png").string(),
-                       (data() / "test" / "spot").string()});
+                             (data() / "test" / "good" / "000.png").string(),
+                             (data() / "test" / "spot").string()});
   ASSERT_EQ(r.code, 0) << r.err;
   std::istringstream lines(r.out);
   std::string line;
@@ -164,7 +191,7 @@ TEST_F(Cli, FitSkipsACorruptTrainingImage) {
   std::string png = read_bytes(folder / "0.png");
   write_bytes(folder / "0.png", png.substr(0, png.size() / 2));  // truncated
   CmdResult r = run(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
-                       "--backbone", "mobilenet_v2", "--image-size", "64"});
+                             "--backbone", "mobilenet_v2", "--image-size", "64"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("0.png"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(local_ / "m"));
@@ -182,7 +209,8 @@ TEST_F(Cli, BadInputGivesExitCode3AndNamesTheFile) {
   EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(local_ / "m"));
 
-  r = run(local_, {"fit", "--data", data().string(), "--out", (local_ / "no" / "dir" / "m").string()});
+  r = run(local_,
+          {"fit", "--data", data().string(), "--out", (local_ / "no" / "dir" / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
 }
@@ -191,9 +219,13 @@ TEST_F(Cli, UsageErrorsGiveExitCode2) {
   EXPECT_EQ(run(local_, {"fit", "--data", data().string()}).code, 2);  // no --out
   EXPECT_EQ(run(local_, {"frobnicate"}).code, 2);
   EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
-                         "--coreset-ratio", "0"}).code, 2);
+                         "--coreset-ratio", "0"})
+                .code,
+            2);
   EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
-                         "--backbone", "resnet_9000"}).code, 3);
+                         "--backbone", "resnet_9000"})
+                .code,
+            3);
 }
 
 TEST_F(Cli, DamagedModelFilesAreRejectedWithExitCode3) {
@@ -240,7 +272,7 @@ TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
   const fs::path file = local_ / "swapped.patchcore";
   write_bytes(file, bytes);
   CmdResult r = run(local_, {"predict", "--model", file.string(),
-                       (data() / "test" / "good" / "000.png").string()});
+                             (data() / "test" / "good" / "000.png").string()});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find("backbone"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("swapped.patchcore"), std::string::npos) << r.err;
@@ -250,7 +282,7 @@ TEST_F(Cli, EvalSaveThresholdRewritesTheModelAtomically) {
   const fs::path copy = local_ / "copy.patchcore";
   fs::copy_file(model(), copy);
   CmdResult r = run(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
-                       (local_ / "e").string(), "--no-images", "--save-threshold"});
+                             (local_ / "e").string(), "--no-images", "--save-threshold"});
   ASSERT_EQ(r.code, 0) << r.err;
   CmdResult info = run(local_, {"info", copy.string()});
   ASSERT_EQ(info.code, 0);

@@ -14,6 +14,7 @@
 
 #include "blas.h"
 #include "error.h"
+#include "omp_threads.h"
 #include "principal_directions.h"
 
 namespace patchcore {
@@ -206,9 +207,8 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
   // build) does not start threads of its own inside a team of one.
   constexpr int64_t kChunk = 1024;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const int saved = omp_get_max_threads();
   const int team = resolve_threads(threads);
-  omp_set_num_threads(1);
+  OmpThreadsGuard single(1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t r0 = c * kChunk;
@@ -219,7 +219,6 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
     sgemm_("N", "N", &m, &rows, &k, &one, matrix.data(), &m, features.ptr() + r0 * d, &k, &zero,
            out.ptr() + r0 * proj_dim, &m);
   }
-  omp_set_num_threads(saved);
   return out;
 }
 
@@ -327,8 +326,7 @@ SubspaceBound subspace_bound(const float* rows, int64_t n, int64_t dim, int thre
   constexpr int64_t kBlock = 1024;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   // BLAS inside the loop runs single-threaded, also in a team of one (see coreset_project).
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
+  OmpThreadsGuard single(1);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> y(static_cast<size_t>(kBlock * q)), centred(static_cast<size_t>(kBlock));
@@ -347,7 +345,6 @@ SubspaceBound subspace_bound(const float* rows, int64_t n, int64_t dim, int thre
       }
     }
   }
-  omp_set_num_threads(saved);
   return b;
 }
 

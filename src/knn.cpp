@@ -14,26 +14,11 @@
 
 #include "blas.h"
 #include "error.h"
+#include "omp_threads.h"
 #include "principal_directions.h"
 
 namespace patchcore {
 namespace {
-
-// FAISS and the OpenMP build of OpenBLAS both take their thread count from the calling thread's
-// omp_get_max_threads(), so the count is set around the search only and restored afterwards
-// (the library must not change the caller's OpenMP settings).
-class OmpThreadsGuard {
- public:
-  explicit OmpThreadsGuard(int threads) : saved_(omp_get_max_threads()) {
-    if (threads > 0) omp_set_num_threads(threads);
-  }
-  ~OmpThreadsGuard() { omp_set_num_threads(saved_); }
-  OmpThreadsGuard(const OmpThreadsGuard&) = delete;
-  OmpThreadsGuard& operator=(const OmpThreadsGuard&) = delete;
-
- private:
-  int saved_;
-};
 
 void check_bank(const Tensor& bank) {
   if (bank.shape.size() != 2)

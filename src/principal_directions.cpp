@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "blas.h"
+#include "omp_threads.h"
 
 namespace patchcore {
 
@@ -28,12 +29,9 @@ PrincipalDirections principal_directions(const float* rows, int64_t n, int64_t d
   const int nd = static_cast<int>(d), k = static_cast<int>(s);
   std::vector<float> cov(static_cast<size_t>(d * d), 0.0f);
   {
-    // OpenBLAS's OpenMP build takes its thread count from the caller's OpenMP setting.
-    const int saved = omp_get_max_threads();
-    if (threads > 0) omp_set_num_threads(threads);
+    OmpThreadsGuard guard(threads);
     const float one = 1.0f, zero = 0.0f;
     ssyrk_("U", "N", &nd, &k, &one, sample.data(), &nd, &zero, cov.data(), &nd);
-    omp_set_num_threads(saved);
   }
   std::vector<double> a(cov.begin(), cov.end());
   const int il = nd - p + 1, iu = nd;

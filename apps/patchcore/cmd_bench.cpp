@@ -1,4 +1,3 @@
-#include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include "blas.h"
 #include "cli.h"
 #include "dataset.h"
+#include "omp_threads.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -39,8 +39,7 @@ double sgemm_gflops(int threads) {
   const int m = 4096, n = 1225, k = 1024;
   std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(n) * k, 0.25f),
       c(static_cast<size_t>(m) * n);
-  const int saved = omp_get_max_threads();
-  if (threads > 0) omp_set_num_threads(threads);
+  OmpThreadsGuard guard(threads);
   double best = 0.0;
   for (int rep = 0; rep < 3; ++rep) {
     const float one = 1.0f, zero = 0.0f;
@@ -49,7 +48,6 @@ double sgemm_gflops(int threads) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 0) best = std::max(best, 2.0 * m * n * k / s / 1e9);
   }
-  omp_set_num_threads(saved);
   return best;
 }
 

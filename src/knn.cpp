@@ -265,6 +265,7 @@ const Tensor& NearestNeighbors::bank() const { return impl_->bank; }
 int64_t NearestNeighbors::size() const { return impl_->bank.dim(0); }
 int64_t NearestNeighbors::dim() const { return impl_->bank.dim(1); }
 bool NearestNeighbors::bounded() const { return impl_->bound.has_value(); }
+void NearestNeighbors::set_threads(int threads) { impl_->threads = threads; }
 double NearestNeighbors::exact_per_query() const {
   const int64_t q = impl_->queries.load();
   return q > 0 ? static_cast<double>(impl_->measured.load()) / static_cast<double>(q) : 0.0;

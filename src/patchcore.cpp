@@ -346,7 +346,7 @@ void Model::set_threads(int threads) {
   impl_->params.threads = threads;
   apply_threads(threads);
   impl_->backbone.reset();  // rebuilt with the new count on next use
-  if (impl_->nn) impl_->nn = std::make_unique<NearestNeighbors>(impl_->bank, threads);
+  if (impl_->nn) impl_->nn->set_threads(threads);
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {

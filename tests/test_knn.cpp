@@ -253,6 +253,11 @@ TEST(Knn, BoundedSearchIgnoresThreadsAndBatches) {
   const Result one = run(NearestNeighbors(bank, KnnOptions{1, 48, 0}), q, 3);
   const Result two = run(NearestNeighbors(bank, KnnOptions{2, 48, 0}), q, 3);
   expect_identical(one, two);
+  // Changing the count later keeps the bound and the answer.
+  NearestNeighbors changed(bank, KnnOptions{2, 48, 0});
+  changed.set_threads(1);
+  EXPECT_TRUE(changed.bounded());
+  expect_identical(run(changed, q, 3), one);
   // One query at a time gives the same rows as the batch.
   const NearestNeighbors nn(bank, KnnOptions{2, 48, 0});
   for (int64_t i = 0; i < 700; i += 99) {

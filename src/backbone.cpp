@@ -1,14 +1,14 @@
 #include "backbone.h"
 
 #include <onnx/onnx_pb.h>
-#include <opencv2/core.hpp>
-#include <opencv2/dnn.hpp>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <opencv2/core.hpp>
+#include <opencv2/dnn.hpp>
 #include <set>
 #include <sstream>
 
@@ -134,6 +134,7 @@ class OpenCvBackbone : public Backbone {
   }
 
   const std::vector<std::string>& layers() const override { return layers_; }
+  std::string engine() const override { return "opencv"; }
 
  private:
   std::vector<std::string> layers_;
@@ -154,6 +155,13 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
                                                const std::vector<std::string>& layers,
                                                int threads) {
   return std::make_unique<OpenCvBackbone>(onnx, layers, threads);
+}
+
+BackboneEngine engine_from_string(const std::string& name) {
+  if (name == "auto") return BackboneEngine::automatic;
+  if (name == "gemm") return BackboneEngine::gemm;
+  if (name == "opencv") return BackboneEngine::opencv;
+  throw_usage("unknown backbone engine '" + name + "' (auto, gemm or opencv)");
 }
 
 std::optional<BackboneInfo> builtin_backbone(const std::string& name) {

@@ -25,6 +25,8 @@ class Backbone {
   /// Floating-point operations of one forward pass on a height x width image (multiply-adds
   /// count two), for benchmarks; 0 when the engine cannot tell.
   virtual double flops_per_image(int height, int width) = 0;
+  /// "gemm" or "opencv", for benchmarks.
+  virtual std::string engine() const = 0;
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
@@ -34,6 +36,26 @@ class Backbone {
 /// image's result bit-identical whatever batch it comes in.
 std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
                                                const std::vector<std::string>& layers, int threads);
+
+/// The GEMM engine (gemm_backbone.cpp): an interpreter for the operators the built-in and
+/// imported backbones use (Conv, Relu, Clip, Add, Mul by a constant, Concat along channels,
+/// MaxPool, AveragePool, constant Pad, BatchNormalization, Identity), every convolution one
+/// BLAS sgemm on an im2col matrix, one image at a time. Only the nodes the layers depend on
+/// are read. Outputs equal OpenCV's to float rounding (tested to 1e-5 relative) and do not
+/// depend on the thread count or the batch. threads <= 0: the caller's OpenMP count. Throws
+/// Error(bad_input) when the graph does not parse, lacks a layer, or uses an operator or
+/// attribute the engine does not implement (the message names the node).
+std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
+                                             const std::vector<std::string>& layers, int threads);
+
+/// The backbone of the chosen engine; BackboneEngine::automatic takes the GEMM engine when it
+/// implements every operator the layers need, else OpenCV.
+std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
+                                        const std::vector<std::string>& layers, int threads,
+                                        BackboneEngine engine);
+
+/// "auto", "gemm" or "opencv" (the CLI's --engine); throws Error(usage) otherwise.
+BackboneEngine engine_from_string(const std::string& name);
 
 /// What is known about a backbone before running it.
 struct BackboneInfo {

@@ -231,7 +231,7 @@ struct Model::Impl {
   }
 
   Backbone& net() const {
-    if (!backbone) backbone = make_opencv_backbone(onnx, layers, params.threads);
+    if (!backbone) backbone = make_backbone(onnx, layers, params.threads, params.engine);
     return *backbone;
   }
 
@@ -347,6 +347,17 @@ void Model::set_threads(int threads) {
   apply_threads(threads);
   impl_->backbone.reset();  // rebuilt with the new count on next use
   if (impl_->nn) impl_->nn->set_threads(threads);
+}
+
+void Model::set_engine(BackboneEngine engine) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->params.engine = engine;
+  impl_->backbone.reset();
+}
+
+std::string Model::backbone_engine() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->net().engine();
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {

@@ -2,6 +2,7 @@
 // pass written here from Keras' definitions (TensorFlow 'same' padding, padding-excluding
 // average pooling), on synthetic models and on the real built-in backbones.
 #include <gtest/gtest.h>
+#include <onnx/onnx_pb.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -369,22 +370,28 @@ double rel_l2(const Tensor& got, int64_t index, const Image& want) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-std::vector<Tensor> run_opencv(const KerasModel& m, int64_t h, int64_t w,
+constexpr BackboneEngine kEngines[] = {BackboneEngine::opencv, BackboneEngine::gemm};
+
+std::vector<Tensor> run_engine(BackboneEngine engine, const KerasModel& m, int64_t h, int64_t w,
                                const std::vector<std::string>& outputs, const Tensor& batch) {
   const auto onnx = keras_to_onnx(m, static_cast<int>(h), static_cast<int>(w), outputs);
-  return make_opencv_backbone(onnx, outputs, 2)->forward(batch);
+  return make_backbone(onnx, outputs, 2, engine)->forward(batch);
 }
 
-// Converts, runs OpenCV and the plain forward on one random image and compares every output.
+// Converts, runs both engines and the plain forward on one random image and compares every
+// output.
 void expect_matches(const KerasModel& m, int64_t h, int64_t w,
                     const std::vector<std::string>& outputs, double tol = 1e-5) {
   const Tensor x = random_batch(1, 3, h, w, static_cast<uint32_t>(h * 1000 + w));
-  const auto got = run_opencv(m, h, w, outputs, x);
   const auto want = naive_forward(m, image_of(x, 0), outputs);
-  ASSERT_EQ(got.size(), outputs.size());
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    ASSERT_EQ(got[i].dim(0), 1);
-    EXPECT_LT(rel_l2(got[i], 0, want.at(outputs[i])), tol) << outputs[i] << " at " << h << "x" << w;
+  for (BackboneEngine engine : kEngines) {
+    const auto got = run_engine(engine, m, h, w, outputs, x);
+    ASSERT_EQ(got.size(), outputs.size());
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      ASSERT_EQ(got[i].dim(0), 1);
+      EXPECT_LT(rel_l2(got[i], 0, want.at(outputs[i])), tol)
+          << outputs[i] << " at " << h << "x" << w << " engine " << static_cast<int>(engine);
+    }
   }
 }
 
@@ -463,7 +470,7 @@ TEST(KerasOpenCv, ReferenceDetectsWrongPaddingSideAndAverageBorder) {
   b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");
   const KerasModel m = b.model();
   const Tensor x = random_batch(1, 3, 10, 10, 7);
-  const auto got = run_opencv(m, 10, 10, {"conv", "avg"}, x);
+  const auto got = run_engine(BackboneEngine::opencv, m, 10, 10, {"conv", "avg"}, x);
   const Image in = image_of(x, 0);
   EXPECT_LT(rel_l2(got[0], 0, naive_forward(m, in, {"conv"}).at("conv")), 1e-5);
   EXPECT_LT(rel_l2(got[1], 0, naive_forward(m, in, {"avg"}).at("avg")), 1e-5);
@@ -486,51 +493,149 @@ TEST(KerasOpenCv, LoadedFromDiskLikeTheDumpScriptWritesIt) {
   expect_matches(loaded, 11, 12, {"relu"});
 }
 
-TEST(OpenCvBackbone, BatchEqualsSingleImages) {
+TEST(Backbone, BatchEqualsSingleImagesInBothEngines) {
   KerasBuilder b(3);
   b.conv("conv", "input_1", 6, 3, 3, 2, "same", true);
   b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");
   b.depthwise("dw", "avg", 3, 2, "same");
   const std::vector<std::string> outs{"avg", "dw"};
   const auto onnx = keras_to_onnx(b.model(), 13, 12, outs);
-  auto backbone = make_opencv_backbone(onnx, outs, 1);
-  EXPECT_EQ(backbone->layers(), outs);
-  const Tensor batch = random_batch(3, 3, 13, 12, 11);
-  const auto together = backbone->forward(batch);
-  ASSERT_EQ(together.size(), 2u);
-  EXPECT_EQ(together[0].shape, (std::vector<int64_t>{3, 6, 7, 6}));
-  EXPECT_EQ(together[1].shape, (std::vector<int64_t>{3, 6, 4, 3}));
-  const int64_t per = 3 * 13 * 12;
-  for (int64_t i = 0; i < 3; ++i) {
-    Tensor one({1, 3, 13, 12});
-    std::copy(batch.data.begin() + i * per, batch.data.begin() + (i + 1) * per, one.data.begin());
-    const auto single = backbone->forward(one);
-    for (size_t k = 0; k < 2; ++k) {
-      const int64_t n = single[k].numel();
-      EXPECT_TRUE(std::equal(single[k].data.begin(), single[k].data.end(),
-                             together[k].data.begin() + i * n))
-          << "image " << i << " layer " << outs[k];
+  for (BackboneEngine engine : kEngines) {
+    auto backbone = make_backbone(onnx, outs, 1, engine);
+    EXPECT_EQ(backbone->layers(), outs);
+    const Tensor batch = random_batch(3, 3, 13, 12, 11);
+    const auto together = backbone->forward(batch);
+    ASSERT_EQ(together.size(), 2u);
+    EXPECT_EQ(together[0].shape, (std::vector<int64_t>{3, 6, 7, 6}));
+    EXPECT_EQ(together[1].shape, (std::vector<int64_t>{3, 6, 4, 3}));
+    const int64_t per = 3 * 13 * 12;
+    for (int64_t i = 0; i < 3; ++i) {
+      Tensor one({1, 3, 13, 12});
+      std::copy(batch.data.begin() + i * per, batch.data.begin() + (i + 1) * per, one.data.begin());
+      const auto single = backbone->forward(one);
+      for (size_t k = 0; k < 2; ++k) {
+        const int64_t n = single[k].numel();
+        EXPECT_TRUE(std::equal(single[k].data.begin(), single[k].data.end(),
+                               together[k].data.begin() + i * n))
+            << "image " << i << " layer " << outs[k] << " engine " << backbone->engine();
+      }
     }
   }
 }
 
-TEST(OpenCvBackbone, RejectsBadGraphsAndInputs) {
+TEST(Backbone, BothEnginesRejectBadGraphsAndInputs) {
   KerasBuilder b(3);
   b.conv("conv", "input_1", 2, 3, 3, 1, "same");
   const auto onnx = keras_to_onnx(b.model(), 8, 8, {"conv"});
+  for (BackboneEngine engine : kEngines) {
+    try {
+      make_backbone(onnx, {"nope"}, 1, engine);
+      FAIL() << "a missing layer was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+      EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+    }
+    const std::vector<uint8_t> garbage{1, 2, 3, 4, 5, 6, 7, 8};
+    EXPECT_THROW(make_backbone(garbage, {"conv"}, 1, engine), Error);
+    auto backbone = make_backbone(onnx, {"conv"}, 1, engine);
+    EXPECT_THROW(backbone->forward(random_batch(1, 3, 9, 8, 1)), Error);  // built for 8 x 8
+    EXPECT_EQ(backbone->forward(random_batch(2, 3, 8, 8, 1))[0].shape,
+              (std::vector<int64_t>{2, 2, 8, 8}));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GEMM engine's own paths.
+
+// Maps large enough for the convolutions to be cut into column blocks (with their own im2col
+// rows, or 1 x 1 ones read in place) and small ones cut into channel blocks over a shared
+// im2col matrix: every cut against the plain forward.
+TEST(GemmBackbone, BlockedConvolutionsMatchThePlainForward) {
+  KerasBuilder b(3, 4);
+  b.conv("a", "input_1", 16, 3, 3, 1, "same", true, "relu");
+  b.conv("b", "a", 64, 3, 3, 1, "same", true);           // k = 144: several column blocks
+  b.conv("c", "b", 8, 1, 1, 1, "valid", true);           // 1 x 1 on 64 channels, read in place
+  b.conv("d", "a", 40, 5, 5, 2, "valid");                // strided, 40 channels
+  b.conv("e", "a", 96, 1, 3, 1, "same", false, "relu");  // asymmetric kernel, fused relu
+  const std::vector<std::string> outs{"b", "c", "d", "e"};
+  for (auto [h, w] : {std::pair{100, 97}, {48, 50}, {13, 12}})
+    expect_matches(b.model(), h, w, outs);
+}
+
+Tensor forward_with(const std::vector<uint8_t>& onnx, const std::vector<std::string>& layers,
+                    int threads, const Tensor& x, size_t index) {
+  return make_gemm_backbone(onnx, layers, threads)->forward(x)[index];
+}
+
+TEST(GemmBackbone, SameBitsWhateverTheThreadCount) {
+  KerasBuilder b(3, 5);
+  b.conv("a", "input_1", 16, 3, 3, 2, "same", true, "relu");
+  b.conv("b", "a", 64, 3, 3, 1, "same", true);
+  b.pool("AveragePooling2D", "avg", "b", 3, 1, "same");
+  b.conv("c", "avg", 48, 1, 1, 1, "valid", true, "relu");
+  const std::vector<std::string> outs{"b", "c"};
+  const auto onnx = keras_to_onnx(b.model(), 120, 90, outs);
+  const Tensor x = random_batch(2, 3, 120, 90, 8);
+  for (size_t k = 0; k < outs.size(); ++k) {
+    const Tensor one = forward_with(onnx, outs, 1, x, k);
+    for (int threads : {2, 3, 4}) {
+      EXPECT_EQ(forward_with(onnx, outs, threads, x, k).data, one.data)
+          << outs[k] << " with " << threads << " threads";
+    }
+  }
+}
+
+// A copy of the graph with one node's operator renamed.
+std::vector<uint8_t> with_operator(const std::vector<uint8_t>& bytes, const std::string& output,
+                                   const std::string& op) {
+  onnx::ModelProto model;
+  EXPECT_TRUE(model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())));
+  bool found = false;
+  for (auto& n : *model.mutable_graph()->mutable_node()) {
+    if (n.output(0) == output) {
+      n.set_op_type(op);
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found) << output;
+  std::string out;
+  model.SerializeToString(&out);
+  return {out.begin(), out.end()};
+}
+
+TEST(GemmBackbone, OperatorsItLacksFallBackToOpenCvOrAreNamed) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 4, 3, 3, 1, "same", true);
+  b.relu("act", "conv", std::nullopt);
+  b.conv("head", "act", 2, 1, 1, 1, "valid");
+  b.relu("head_act", "head", std::nullopt);
+  const auto onnx = keras_to_onnx(b.model(), 9, 9, {"act", "head_act"});
+  EXPECT_EQ(make_backbone(onnx, {"act"}, 1, BackboneEngine::automatic)->engine(), "gemm");
+
+  // Sigmoid, which OpenCV runs and the GEMM engine does not.
+  const auto sigmoid = with_operator(onnx, "act", "Sigmoid");
+  auto fallback = make_backbone(sigmoid, {"act"}, 1, BackboneEngine::automatic);
+  EXPECT_EQ(fallback->engine(), "opencv");
+  const Tensor x = random_batch(1, 3, 9, 9, 2);
+  const Tensor conv = make_backbone(onnx, {"conv"}, 1, BackboneEngine::gemm)->forward(x)[0];
+  const Tensor act = fallback->forward(x)[0];
+  ASSERT_EQ(act.numel(), conv.numel());
+  for (int64_t i = 0; i < act.numel(); ++i) {
+    ASSERT_NEAR(act.data[i], 1.0 / (1.0 + std::exp(-conv.data[i])), 1e-5) << i;
+  }
   try {
-    make_opencv_backbone(onnx, {"nope"}, 1);
-    FAIL() << "a missing layer was accepted";
+    make_backbone(sigmoid, {"act"}, 1, BackboneEngine::gemm);
+    FAIL() << "the GEMM engine accepted an operator it lacks";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::bad_input);
-    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Sigmoid"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'act'"), std::string::npos) << e.what();
   }
-  const std::vector<uint8_t> garbage{1, 2, 3, 4, 5, 6, 7, 8};
-  EXPECT_THROW(make_opencv_backbone(garbage, {"conv"}, 1), Error);
-  auto backbone = make_opencv_backbone(onnx, {"conv"}, 1);
-  EXPECT_THROW(backbone->forward(random_batch(1, 3, 9, 8, 1)), Error);  // built for 8 x 8
-  EXPECT_EQ(backbone->forward(random_batch(2, 3, 8, 8, 1))[0].shape,
-            (std::vector<int64_t>{2, 2, 8, 8}));
+  // Past the requested layers an operator does not matter.
+  const auto late = with_operator(onnx, "head_act", "Sigmoid");
+  EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::automatic)->engine(), "gemm");
+  EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::gemm)->forward(x)[0].data,
+            make_backbone(onnx, {"act"}, 1, BackboneEngine::gemm)->forward(x)[0].data);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,6 +802,35 @@ TEST_F(RealBackbone, DefaultLayerShapesAndBatches) {
         EXPECT_TRUE(std::equal(single[k].data.begin(), single[k].data.end(),
                                out[k].data.end() - single[k].numel()));
       }
+    }
+  }
+}
+
+// The bar for another engine: outputs equal to OpenCV's to 1e-5 (of the layer's
+// largest value) at the default layers and sizes; and the same bits on 1 and 2 threads.
+TEST_F(RealBackbone, GemmEngineEqualsOpenCvAtTheDefaultLayers) {
+  require("inception_v3");
+  require("mobilenet_v2");
+  if (IsSkipped()) return;
+  ScopedEnv env("PATCHCORE_BACKBONES", testing::built_backbones_dir().string());
+  for (auto [name, size] :
+       {std::pair<std::string, int>{"inception_v3", 299}, {"mobilenet_v2", 224}}) {
+    const BackboneGraph g = build_backbone_graph(name, {}, size);
+    const auto layers = builtin_backbone(name)->default_layers;
+    const Tensor x = random_batch(1, 3, size, size, 21);
+    const auto want = make_backbone(g.onnx, layers, 2, BackboneEngine::opencv)->forward(x);
+    const auto got = make_backbone(g.onnx, layers, 2, BackboneEngine::gemm)->forward(x);
+    const auto one_thread = make_backbone(g.onnx, layers, 1, BackboneEngine::gemm)->forward(x);
+    for (size_t k = 0; k < layers.size(); ++k) {
+      ASSERT_EQ(got[k].shape, want[k].shape);
+      double max_diff = 0, max_abs = 0;
+      for (int64_t i = 0; i < got[k].numel(); ++i) {
+        max_diff = std::max(max_diff, std::abs(double{got[k].data[i]} - want[k].data[i]));
+        max_abs = std::max(max_abs, std::abs(double{want[k].data[i]}));
+      }
+      EXPECT_GT(max_abs, 0.0);
+      EXPECT_LE(max_diff, 1e-5 * max_abs) << name << " " << layers[k];
+      EXPECT_EQ(one_thread[k].data, got[k].data) << name << " " << layers[k];
     }
   }
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <sstream>
@@ -99,6 +100,7 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_GT(j["machine"]["sgemm_gflops"].get<double>(), 0.0);
+  EXPECT_EQ(j["backbone"]["engine"], "gemm");  // auto: the GEMM engine runs MobileNetV2
   EXPECT_EQ(j["fit"]["images"].get<int>(), 16);
   for (const char* stage : {"decode", "backbone", "embedding", "coreset"})
     EXPECT_GE(j["fit"]["stages"][stage]["seconds"].get<double>(), 0.0) << stage;
@@ -160,6 +162,29 @@ TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
     ++n;
   }
   EXPECT_EQ(n, 1 + 4);
+}
+
+// Both engines score a model's images alike (the features agree to float rounding), and an
+// unknown engine is a usage error.
+TEST_F(Cli, PredictEnginesAgree) {
+  const std::string dir = (data() / "test" / "spot").string();
+  std::map<std::string, std::map<std::string, double>> scores;
+  for (const std::string engine : {"gemm", "opencv"}) {
+    CmdResult r = run(local_, {"predict", "--model", model().string(), "--engine", engine, dir});
+    ASSERT_EQ(r.code, 0) << r.err;
+    std::istringstream lines(r.out);
+    std::string line;
+    while (std::getline(lines, line)) {
+      const auto j = nlohmann::json::parse(line);
+      scores[engine][j["path"].get<std::string>()] = j["score"].get<double>();
+    }
+  }
+  ASSERT_EQ(scores["gemm"].size(), 4u);
+  for (const auto& [path, s] : scores["gemm"]) {
+    ASSERT_TRUE(scores["opencv"].count(path)) << path;
+    EXPECT_NEAR(s, scores["opencv"][path], 1e-4 * std::abs(s)) << path;
+  }
+  EXPECT_EQ(run(local_, {"predict", "--model", model().string(), "--engine", "cuda", dir}).code, 2);
 }
 
 TEST_F(Cli, PredictThresholdOverridesTheModel) {

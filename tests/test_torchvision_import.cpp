@@ -71,20 +71,23 @@ void expect_matches_torchvision(const std::string& fixture, const ResNetSpec& sp
                                 const std::string& pth) {
   const StateDict weights = load_torch_state_dict(kFixtures / pth);
   const std::vector<uint8_t> onnx = resnet_to_onnx(spec, weights, 4, "test", pth);
-  const auto net = make_opencv_backbone(onnx, kAllLayers, 2);
-  // One loaded graph, two input sizes (one odd): the graph's spatial size is symbolic.
-  for (const std::string size : {"64x80", "45x61", "64x80"}) {
-    const Tensor input = read_npy(kFixtures / ("input_" + size + ".npy"));
-    const std::vector<Tensor> out = net->forward(input);
-    ASSERT_EQ(out.size(), 4u);
-    for (size_t l = 0; l < 4; ++l) {
-      const Tensor want =
-          read_npy(kFixtures / (fixture + "_" + kAllLayers[l] + "_" + size + ".npy"));
-      const double err = rel_l2(out[l], want);
-      EXPECT_LT(err, 1e-5) << pth << " " << kAllLayers[l] << " at " << size;
-      char text[32];
-      std::snprintf(text, sizeof text, "%.3g", err);
-      ::testing::Test::RecordProperty(pth + "_" + kAllLayers[l] + "_" + size, text);
+  for (const BackboneEngine engine : {BackboneEngine::opencv, BackboneEngine::gemm}) {
+    const auto net = make_backbone(onnx, kAllLayers, 2, engine);
+    const std::string name = net->engine();
+    // One loaded graph, two input sizes (one odd): the graph's spatial size is symbolic.
+    for (const std::string size : {"64x80", "45x61", "64x80"}) {
+      const Tensor input = read_npy(kFixtures / ("input_" + size + ".npy"));
+      const std::vector<Tensor> out = net->forward(input);
+      ASSERT_EQ(out.size(), 4u);
+      for (size_t l = 0; l < 4; ++l) {
+        const Tensor want =
+            read_npy(kFixtures / (fixture + "_" + kAllLayers[l] + "_" + size + ".npy"));
+        const double err = rel_l2(out[l], want);
+        EXPECT_LT(err, 1e-5) << pth << " " << kAllLayers[l] << " at " << size << " by " << name;
+        char text[32];
+        std::snprintf(text, sizeof text, "%.3g", err);
+        ::testing::Test::RecordProperty(name + "_" + pth + "_" + kAllLayers[l] + "_" + size, text);
+      }
     }
   }
 }

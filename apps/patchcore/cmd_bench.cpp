@@ -154,6 +154,7 @@ void add_bench(CLI::App& app) {
                                    st["backbone"]["seconds"].get<double>() / 1e9;
     }
     out["backbone"]["gflop_per_image"] = flops / 1e9;
+    out["backbone"]["engine"] = model.backbone_engine();
     out["predict"] = pj;
     out["peak_rss_mb"] = peak_rss_mb();
     std::cout << out.dump(2) << "\n";

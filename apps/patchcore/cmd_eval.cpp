@@ -1,5 +1,6 @@
 #include <iostream>
 
+#include "backbone.h"
 #include "cli.h"
 #include "dataset.h"
 #include "error.h"
@@ -34,6 +35,7 @@ void add_eval(CLI::App& app) {
   struct State {
     std::string model, data, out;
     int threads = 0;
+    std::string engine = "auto";
     bool save_threshold = false, no_images = false;
   };
   auto s = std::make_shared<State>();
@@ -42,6 +44,7 @@ void add_eval(CLI::App& app) {
       ->required();
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->add_option("--threads", s->threads, "0: all cores");
+  add_engine_option(*cmd, s->engine);
   cmd->add_flag("--save-threshold", s->save_threshold,
                 "store the F1-optimal thresholds found here in the model file");
   cmd->add_flag("--no-images", s->no_images, "skip the per-image overlays");
@@ -49,10 +52,12 @@ void add_eval(CLI::App& app) {
     const Callbacks cb = stderr_callbacks();
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
+    model.set_engine(engine_from_string(s->engine));
     const Dataset data = scan_dataset(s->data);
     if (!data.mvtec || data.test.empty())
-      throw_bad_input(s->data, "eval needs labelled images: test/good and test/<defect> "
-                               "folders (MVTec AD layout)");
+      throw_bad_input(s->data,
+                      "eval needs labelled images: test/good and test/<defect> "
+                      "folders (MVTec AD layout)");
     EvalOptions o{s->out, !s->no_images};
     EvalResult r = evaluate(model, data.test, o, cb);
     print_metrics_summary(r.metrics, s->out);
@@ -60,8 +65,9 @@ void add_eval(CLI::App& app) {
       if (!r.has_f1) throw_bad_input(s->data, "no F1-optimal threshold: both classes are needed");
       model.set_calibration(r.f1_calibration);
       model.save(s->model);
-      cb.log(LogLevel::info, "stored threshold " + std::to_string(r.f1_calibration.image_threshold) +
-                                 " in " + s->model);
+      cb.log(LogLevel::info, "stored threshold " +
+                                 std::to_string(r.f1_calibration.image_threshold) + " in " +
+                                 s->model);
     }
   });
 }

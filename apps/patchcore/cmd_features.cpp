@@ -58,6 +58,7 @@ void add_features(CLI::App& app) {
   struct State {
     std::string backbone = "inception_v3", layers, normalize, image, out;
     int image_size = 0, threads = 0;
+    std::string engine = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--backbone", s->backbone, "built-in name or ONNX file")->capture_default_str();
@@ -66,6 +67,7 @@ void add_features(CLI::App& app) {
   cmd->add_option("--image-size", s->image_size,
                   "resize to S x S first (default: run at the image's own size)");
   cmd->add_option("--threads", s->threads, "0: all cores");
+  add_engine_option(*cmd, s->engine);
   cmd->add_option("image", s->image, "image file")->required();
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->callback([s] {
@@ -99,7 +101,7 @@ void add_features(CLI::App& app) {
     if (!s->normalize.empty()) norm = normalization_from_string(s->normalize);
 
     const Tensor input = network_input(rgb, s->image_size, norm);
-    const auto net = make_opencv_backbone(onnx, layers, s->threads);
+    const auto net = make_backbone(onnx, layers, s->threads, engine_from_string(s->engine));
     const std::vector<Tensor> maps = net->forward(input);
 
     std::error_code ec;

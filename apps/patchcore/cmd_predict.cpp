@@ -3,6 +3,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <set>
 
+#include "backbone.h"
 #include "cli.h"
 #include "dataset.h"
 #include "error.h"
@@ -21,6 +22,7 @@ void add_predict(CLI::App& app) {
     std::vector<std::string> paths;
     std::optional<double> threshold;
     int threads = 0;
+    std::string engine = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--model", s->model, "model file")->required();
@@ -28,10 +30,12 @@ void add_predict(CLI::App& app) {
   cmd->add_option("--out", s->out, "write heatmap overlays and masks here");
   cmd->add_option("--threshold", s->threshold, "image score threshold (default: the model's)");
   cmd->add_option("--threads", s->threads, "0: all cores");
+  add_engine_option(*cmd, s->engine);
   cmd->callback([s] {
     const Callbacks cb = stderr_callbacks(true);
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
+    model.set_engine(engine_from_string(s->engine));
     if (s->threshold) {
       Calibration c = model.calibration();
       // Keep the pixel threshold's offset from the image threshold so the heatmap follows.

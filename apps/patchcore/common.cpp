@@ -4,6 +4,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "backbone.h"
 #include "cli.h"
 #include "image.h"
 
@@ -69,6 +70,15 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["seed"] = cmd.add_option("--seed", p.seed)->capture_default_str();
   g["batch-size"] = cmd.add_option("--batch-size", p.batch_size)->capture_default_str();
   g["threads"] = cmd.add_option("--threads", p.threads, "0: all cores")->capture_default_str();
+  g["engine"] = add_engine_option(cmd, o.engine);
+}
+
+CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
+  return cmd
+      .add_option("--engine", engine,
+                  "what runs the backbone: auto (gemm when it can run the graph), gemm (BLAS "
+                  "convolutions) or opencv (OpenCV DNN); same features to float rounding")
+      ->check(CLI::IsMember({"auto", "gemm", "opencv"}));
 }
 
 Params resolve_fit_options(const FitOptions& o) {
@@ -124,6 +134,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("seed")) p.seed = u.seed;
   if (given("batch-size")) p.batch_size = u.batch_size;
   if (given("threads")) p.threads = u.threads;
+  if (given("engine")) p.engine = engine_from_string(o.engine);
   return p;
 }
 

@@ -80,6 +80,14 @@ enum class Resize {
   fixed,
 };
 
+/// What runs the backbone. A choice of this run, not stored in a model: both engines compute
+/// the same features to float rounding (1e-5 relative).
+enum class BackboneEngine {
+  automatic,  ///< gemm when it implements every operator of the graph, else opencv
+  gemm,       ///< this project's interpreter: each convolution one BLAS sgemm (the faster)
+  opencv,     ///< OpenCV DNN
+};
+
 struct Params {
   /// "paper", "anomalib" or "" (this project's defaults); recorded for `info`. Applying a
   /// preset's values is the caller's job (the CLI's --preset).
@@ -127,8 +135,9 @@ struct Params {
   /// threshold and the normalisation when no abnormal images exist.
   double holdout_fraction = 0.1;
 
-  int threads = 0;     ///< 0: all cores
-  int batch_size = 8;  ///< images per backbone call
+  int threads = 0;                                    ///< 0: all cores
+  int batch_size = 8;                                 ///< images per backbone call
+  BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
 };
 
 /// A float image, row-major.
@@ -193,6 +202,10 @@ class Model {
   double knn_exact_per_patch() const;
   /// Sets the thread count for later predictions (0: all cores).
   void set_threads(int threads);
+  /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
+  void set_engine(BackboneEngine engine);
+  /// "gemm" or "opencv": the engine that runs (or will run) the backbone, for benchmarks.
+  std::string backbone_engine() const;
 
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;

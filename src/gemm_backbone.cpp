@@ -1,0 +1,915 @@
+// The GEMM engine: an interpreter for the ONNX operators our backbones use, with every
+// convolution done as one BLAS sgemm on an im2col matrix (NCHW, one image at a time).
+//
+// Written by hand because no Debian package does this well here: OpenCV DNN 4.6 runs
+// InceptionV3's convolutions at 68-78 GFLOP/s on this 2-core machine while OpenBLAS's sgemm on
+// the same matrices reaches 120-170 (docs/benchmarks.md), and libtorch 1.13 was slower than
+// OpenCV. Everything but the convolutions (pads, pools, adds, concatenations) is memory-bound
+// bookkeeping and stays plain.
+
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "backbone.h"
+#include "blas.h"
+#include "error.h"
+#include "omp_threads.h"
+
+namespace patchcore {
+
+namespace {
+
+const std::string kWhere = "ONNX backbone graph";
+
+// A graph the engine cannot run (an operator or an attribute it does not implement). The
+// automatic engine choice falls back to OpenCV on it; asking for the GEMM engine explicitly
+// turns it into Error(bad_input).
+struct Unsupported : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// One image's tensor [c, h, w].
+struct Blob {
+  int64_t c = 0, h = 0, w = 0;
+  std::vector<float> data;
+  int64_t plane() const { return h * w; }
+};
+
+struct Shape {
+  int64_t c = 0, h = 0, w = 0;
+};
+
+enum class Kind { conv, relu, clip, add, mul, concat, max_pool, avg_pool, pad, scale_shift, copy };
+enum class Act { none, relu, clip };
+
+struct Op {
+  Kind kind = Kind::copy;
+  std::string name;  // the node's output, for messages
+  std::vector<int> inputs;
+  int output = -1;
+
+  // conv and pools: kernel, strides, dilations, pads (top, left, bottom, right)
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0, pb = 0, pr = 0;
+  // conv
+  int64_t cout = 0, cin_per_group = 0, group = 1;
+  std::vector<float> weight;  // [cout, cin_per_group * kh * kw], the GEMM's row-major A
+  std::vector<float> bias;    // [cout] or empty
+  Act act = Act::none;        // fused activation
+  float lo = 0, hi = 0;       // clip bounds (conv with Act::clip, or Kind::clip)
+  // avg_pool
+  bool count_include_pad = false;
+  // pad
+  float value = 0;
+  // mul (per element, per channel or scalar) and scale_shift (per channel)
+  std::vector<float> scale, shift;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reading the ONNX graph.
+
+const onnx::AttributeProto* attribute(const onnx::NodeProto& n, const char* name) {
+  for (const auto& a : n.attribute()) {
+    if (a.name() == name) return &a;
+  }
+  return nullptr;
+}
+
+std::vector<int64_t> ints_attr(const onnx::NodeProto& n, const char* name,
+                               std::vector<int64_t> def) {
+  const auto* a = attribute(n, name);
+  if (a == nullptr) return def;
+  return {a->ints().begin(), a->ints().end()};
+}
+
+int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t def) {
+  const auto* a = attribute(n, name);
+  return a == nullptr ? def : a->i();
+}
+
+float float_attr(const onnx::NodeProto& n, const char* name, float def) {
+  const auto* a = attribute(n, name);
+  return a == nullptr ? def : a->f();
+}
+
+std::string string_attr(const onnx::NodeProto& n, const char* name, const std::string& def) {
+  const auto* a = attribute(n, name);
+  return a == nullptr ? def : a->s();
+}
+
+[[noreturn]] void unsupported(const onnx::NodeProto& n, const std::string& what) {
+  throw Unsupported("node '" + (n.output_size() > 0 ? n.output(0) : n.name()) + "' (" +
+                    n.op_type() + "): " + what);
+}
+
+std::vector<float> floats_of(const onnx::TensorProto& t) {
+  if (t.data_type() != onnx::TensorProto::FLOAT) {
+    throw Unsupported("initializer '" + t.name() + "' is not float32");
+  }
+  int64_t count = 1;
+  for (int64_t d : t.dims()) count *= d;
+  std::vector<float> v;
+  if (!t.raw_data().empty()) {
+    if (t.raw_data().size() != static_cast<size_t>(count) * sizeof(float)) {
+      throw_bad_input(kWhere, "initializer '" + t.name() + "' has the wrong number of bytes");
+    }
+    v.resize(static_cast<size_t>(count));
+    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+  } else {
+    v.assign(t.float_data().begin(), t.float_data().end());
+    if (static_cast<int64_t>(v.size()) != count) {
+      throw_bad_input(kWhere, "initializer '" + t.name() + "' has the wrong number of values");
+    }
+  }
+  return v;
+}
+
+std::vector<int64_t> int64s_of(const onnx::TensorProto& t) {
+  if (t.data_type() != onnx::TensorProto::INT64) {
+    throw Unsupported("initializer '" + t.name() + "' is not int64");
+  }
+  if (!t.raw_data().empty()) {
+    std::vector<int64_t> v(t.raw_data().size() / sizeof(int64_t));
+    std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(int64_t));
+    return v;
+  }
+  return {t.int64_data().begin(), t.int64_data().end()};
+}
+
+class Graph {
+ public:
+  Graph(const std::vector<uint8_t>& bytes, const std::vector<std::string>& layers) {
+    onnx::ModelProto model;
+    if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+        !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+      throw_bad_input(kWhere, "not an ONNX model");
+    }
+    if (layers.empty()) throw_bad_input(kWhere, "no output layer requested");
+    const onnx::GraphProto& g = model.graph();
+    for (const auto& t : g.initializer()) init_[t.name()] = &t;
+    for (const auto& in : g.input()) {
+      if (init_.count(in.name())) continue;
+      if (!ids_.empty()) throw_bad_input(kWhere, "the graph has more than one input");
+      ids_[in.name()] = 0;
+      for (const auto& d : in.type().tensor_type().shape().dim()) {
+        input_shape.push_back(d.has_dim_value() ? d.dim_value() : 0);
+      }
+    }
+    if (input_shape.size() != 4) {
+      throw_bad_input(kWhere, "the graph input is not an image batch [N, C, H, W]");
+    }
+    values = 1;
+
+    // Only the nodes the requested layers depend on: a classifier head past them may use
+    // operators this engine does not implement.
+    std::map<std::string, int> producer;
+    for (int i = 0; i < g.node_size(); ++i) {
+      for (const auto& o : g.node(i).output()) producer[o] = i;
+    }
+    for (const std::string& l : layers) {
+      if (!producer.count(l)) throw_bad_input(kWhere, "no layer output named '" + l + "'");
+    }
+    std::vector<bool> needed(static_cast<size_t>(g.node_size()), false);
+    std::vector<std::string> stack(layers.begin(), layers.end());
+    while (!stack.empty()) {
+      const std::string t = stack.back();
+      stack.pop_back();
+      auto it = producer.find(t);
+      if (it == producer.end() || needed[static_cast<size_t>(it->second)]) continue;
+      needed[static_cast<size_t>(it->second)] = true;
+      for (const auto& in : g.node(it->second).input()) stack.push_back(in);
+    }
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (needed[static_cast<size_t>(i)]) add(g.node(i));
+    }
+    for (const std::string& l : layers) outputs.push_back(id(l));
+    fuse_activations();
+    last_use.assign(static_cast<size_t>(values), -1);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      for (int v : ops[i].inputs) last_use[static_cast<size_t>(v)] = static_cast<int>(i);
+    }
+  }
+
+  std::vector<int64_t> input_shape;
+  std::vector<Op> ops;
+  int values = 0;
+  std::vector<int> outputs;   // value id per requested layer
+  std::vector<int> last_use;  // op index after which a value can go; -1: never read
+
+ private:
+  int id(const std::string& name) const {
+    auto it = ids_.find(name);
+    if (it == ids_.end())
+      throw_bad_input(kWhere, "tensor '" + name + "' is used before it is made");
+    return it->second;
+  }
+  const onnx::TensorProto* initializer(const std::string& name) const {
+    auto it = init_.find(name);
+    return it == init_.end() ? nullptr : it->second;
+  }
+  const onnx::TensorProto& need_initializer(const onnx::NodeProto& n, int input) const {
+    if (n.input_size() <= input || initializer(n.input(input)) == nullptr) {
+      unsupported(n, "input " + std::to_string(input) + " is not a constant");
+    }
+    return *initializer(n.input(input));
+  }
+
+  void add(const onnx::NodeProto& n) {
+    const std::string& type = n.op_type();
+    if (n.output_size() != 1 && !(type == "BatchNormalization" && n.output_size() >= 1)) {
+      unsupported(n, "more than one output");
+    }
+    Op op;
+    op.name = n.output(0);
+    auto value_input = [&](int i) {
+      if (n.input_size() <= i || initializer(n.input(i)) != nullptr) {
+        unsupported(n, "input " + std::to_string(i) + " is not a computed tensor");
+      }
+      op.inputs.push_back(id(n.input(i)));
+    };
+    if (type == "Conv") {
+      op.kind = Kind::conv;
+      value_input(0);
+      const onnx::TensorProto& w = need_initializer(n, 1);
+      if (w.dims_size() != 4) unsupported(n, "only 2-D convolutions");
+      op.cout = w.dims(0);
+      op.cin_per_group = w.dims(1);
+      op.kh = w.dims(2);
+      op.kw = w.dims(3);
+      op.weight = floats_of(w);
+      if (n.input_size() > 2 && !n.input(2).empty()) {
+        op.bias = floats_of(need_initializer(n, 2));
+        if (static_cast<int64_t>(op.bias.size()) != op.cout) unsupported(n, "bias size");
+      }
+      const auto ks = ints_attr(n, "kernel_shape", {op.kh, op.kw});
+      if (ks != std::vector<int64_t>{op.kh, op.kw}) unsupported(n, "kernel_shape vs weights");
+      op.group = int_attr(n, "group", 1);
+      if (op.group < 1 || op.cout % op.group != 0) unsupported(n, "bad group");
+      window(n, op);
+      const auto d = ints_attr(n, "dilations", {1, 1});
+      if (d.size() != 2 || d[0] < 1 || d[1] < 1) unsupported(n, "dilations");
+      op.dh = d[0];
+      op.dw = d[1];
+    } else if (type == "MaxPool" || type == "AveragePool") {
+      op.kind = type == "MaxPool" ? Kind::max_pool : Kind::avg_pool;
+      value_input(0);
+      const auto ks = ints_attr(n, "kernel_shape", {});
+      if (ks.size() != 2 || ks[0] < 1 || ks[1] < 1) unsupported(n, "kernel_shape");
+      op.kh = ks[0];
+      op.kw = ks[1];
+      window(n, op);
+      if (int_attr(n, "ceil_mode", 0) != 0) unsupported(n, "ceil_mode");
+      if (ints_attr(n, "dilations", {1, 1}) != std::vector<int64_t>{1, 1}) {
+        unsupported(n, "dilations");
+      }
+      if (int_attr(n, "storage_order", 0) != 0) unsupported(n, "storage_order");
+      op.count_include_pad = int_attr(n, "count_include_pad", 0) != 0;
+      if (op.pt >= op.kh || op.pb >= op.kh || op.pl >= op.kw || op.pr >= op.kw) {
+        unsupported(n, "pads as large as the window");
+      }
+    } else if (type == "Relu") {
+      op.kind = Kind::relu;
+      value_input(0);
+    } else if (type == "Clip") {
+      op.kind = Kind::clip;
+      value_input(0);
+      op.lo = float_attr(n, "min", std::numeric_limits<float>::lowest());
+      op.hi = float_attr(n, "max", std::numeric_limits<float>::max());
+      // Opset 11 and later: the bounds are optional constant inputs.
+      auto bound = [&](int i, float& out) {
+        if (n.input_size() <= i || n.input(i).empty()) return;
+        const auto v = floats_of(need_initializer(n, i));
+        if (v.size() != 1) unsupported(n, "a bound that is not a scalar");
+        out = v[0];
+      };
+      bound(1, op.lo);
+      bound(2, op.hi);
+    } else if (type == "Add") {
+      op.kind = Kind::add;
+      value_input(0);
+      value_input(1);
+    } else if (type == "Mul") {
+      op.kind = Kind::mul;
+      if (n.input_size() != 2) unsupported(n, "not two inputs");
+      const int c = initializer(n.input(1)) != nullptr ? 1 : 0;
+      value_input(1 - c);
+      op.scale = floats_of(need_initializer(n, c));
+    } else if (type == "Concat") {
+      op.kind = Kind::concat;
+      const int64_t axis = int_attr(n, "axis", 1);
+      if (axis != 1 && axis != -3) unsupported(n, "concatenation other than along channels");
+      for (int i = 0; i < n.input_size(); ++i) value_input(i);
+    } else if (type == "Pad") {
+      op.kind = Kind::pad;
+      value_input(0);
+      if (string_attr(n, "mode", "constant") != "constant") unsupported(n, "mode");
+      std::vector<int64_t> p = ints_attr(n, "pads", {});
+      op.value = float_attr(n, "value", 0.0f);
+      if (n.input_size() > 1) p = int64s_of(need_initializer(n, 1));  // opset 11
+      if (n.input_size() > 2 && !n.input(2).empty()) {
+        const auto v = floats_of(need_initializer(n, 2));
+        if (v.size() != 1) unsupported(n, "a pad value that is not a scalar");
+        op.value = v[0];
+      }
+      if (p.size() != 8 || p[0] != 0 || p[1] != 0 || p[4] != 0 || p[5] != 0) {
+        unsupported(n, "pads other than spatial");
+      }
+      if (*std::min_element(p.begin(), p.end()) < 0) unsupported(n, "negative pads");
+      op.pt = p[2];
+      op.pl = p[3];
+      op.pb = p[6];
+      op.pr = p[7];
+    } else if (type == "BatchNormalization") {
+      op.kind = Kind::scale_shift;
+      value_input(0);
+      const auto gamma = floats_of(need_initializer(n, 1));
+      const auto beta = floats_of(need_initializer(n, 2));
+      const auto mean = floats_of(need_initializer(n, 3));
+      const auto var = floats_of(need_initializer(n, 4));
+      if (beta.size() != gamma.size() || mean.size() != gamma.size() ||
+          var.size() != gamma.size()) {
+        throw_bad_input(kWhere, "batch normalisation '" + op.name + "' has mismatched sizes");
+      }
+      const double eps = float_attr(n, "epsilon", 1e-5f);
+      for (size_t c = 0; c < gamma.size(); ++c) {
+        const double s = gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps);
+        op.scale.push_back(static_cast<float>(s));
+        op.shift.push_back(static_cast<float>(beta[c] - mean[c] * s));
+      }
+    } else if (type == "Identity" || type == "Dropout") {
+      op.kind = Kind::copy;
+      value_input(0);
+    } else {
+      unsupported(n, "operator not implemented");
+    }
+    if (ids_.count(op.name)) throw_bad_input(kWhere, "tensor '" + op.name + "' is made twice");
+    op.output = values++;
+    ids_[op.name] = op.output;
+    ops.push_back(std::move(op));
+  }
+
+  // strides and explicit pads of a convolution or a pool
+  static void window(const onnx::NodeProto& n, Op& op) {
+    const std::string auto_pad = string_attr(n, "auto_pad", "NOTSET");
+    if (auto_pad != "NOTSET" && auto_pad != "VALID") unsupported(n, "auto_pad " + auto_pad);
+    const auto s = ints_attr(n, "strides", {1, 1});
+    if (s.size() != 2 || s[0] < 1 || s[1] < 1) unsupported(n, "strides");
+    op.sh = s[0];
+    op.sw = s[1];
+    const auto p = ints_attr(n, "pads", {0, 0, 0, 0});
+    if (p.size() != 4 || *std::min_element(p.begin(), p.end()) < 0) unsupported(n, "pads");
+    op.pt = p[0];
+    op.pl = p[1];
+    op.pb = p[2];
+    op.pr = p[3];
+  }
+
+  // A convolution read only by a Relu or Clip (and not itself an output) applies it in the pass
+  // that adds its bias, instead of a separate pass over memory.
+  void fuse_activations() {
+    std::vector<int> readers(static_cast<size_t>(values), 0);
+    for (const Op& op : ops) {
+      for (int v : op.inputs) ++readers[static_cast<size_t>(v)];
+    }
+    for (int v : outputs) readers[static_cast<size_t>(v)] += 2;
+    std::vector<int> made_by(static_cast<size_t>(values), -1);
+    std::vector<Op> kept;
+    for (Op& op : ops) {
+      if ((op.kind == Kind::relu || op.kind == Kind::clip) && op.inputs.size() == 1) {
+        const int src = op.inputs[0];
+        const int p = made_by[static_cast<size_t>(src)];
+        if (p >= 0 && kept[static_cast<size_t>(p)].kind == Kind::conv &&
+            kept[static_cast<size_t>(p)].act == Act::none &&
+            readers[static_cast<size_t>(src)] == 1) {
+          Op& conv = kept[static_cast<size_t>(p)];
+          conv.act = op.kind == Kind::relu ? Act::relu : Act::clip;
+          conv.lo = op.lo;
+          conv.hi = op.hi;
+          conv.output = op.output;
+          conv.name = op.name;
+          made_by[static_cast<size_t>(op.output)] = p;
+          continue;
+        }
+      }
+      made_by[static_cast<size_t>(op.output)] = static_cast<int>(kept.size());
+      kept.push_back(std::move(op));
+    }
+    ops = std::move(kept);
+  }
+
+  std::map<std::string, const onnx::TensorProto*> init_;
+  std::map<std::string, int> ids_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Shapes.
+
+int64_t window_out(int64_t in, int64_t k_eff, int64_t s, int64_t pad_begin, int64_t pad_end) {
+  const int64_t span = in + pad_begin + pad_end - k_eff;
+  return span < 0 ? 0 : span / s + 1;
+}
+
+Shape output_shape(const Op& op, const std::vector<const Blob*>& in) {
+  const Blob& x = *in[0];
+  Shape s{x.c, x.h, x.w};
+  auto fail = [&](const std::string& what) {
+    throw_bad_input(kWhere, "'" + op.name + "': " + what);
+  };
+  switch (op.kind) {
+    case Kind::conv:
+    case Kind::max_pool:
+    case Kind::avg_pool: {
+      if (op.kind == Kind::conv) {
+        if (x.c != op.cin_per_group * op.group) {
+          fail("expects " + std::to_string(op.cin_per_group * op.group) + " channels, gets " +
+               std::to_string(x.c));
+        }
+        s.c = op.cout;
+      }
+      s.h = window_out(x.h, op.dh * (op.kh - 1) + 1, op.sh, op.pt, op.pb);
+      s.w = window_out(x.w, op.dw * (op.kw - 1) + 1, op.sw, op.pl, op.pr);
+      if (s.h < 1 || s.w < 1) fail("the input is smaller than the window (image size too small)");
+      break;
+    }
+    case Kind::add:
+      if (in[1]->c != x.c || in[1]->h != x.h || in[1]->w != x.w) fail("adds different shapes");
+      break;
+    case Kind::mul: {
+      const auto n = static_cast<int64_t>(op.scale.size());
+      if (n != 1 && n != x.c && n != x.c * x.h * x.w) fail("constant does not broadcast");
+      break;
+    }
+    case Kind::scale_shift:
+      if (static_cast<int64_t>(op.scale.size()) != x.c) fail("channel count");
+      break;
+    case Kind::concat:
+      s.c = 0;
+      for (const Blob* b : in) {
+        if (b->h != x.h || b->w != x.w) fail("concatenates maps of different sizes");
+        s.c += b->c;
+      }
+      break;
+    case Kind::pad:
+      s.h = x.h + op.pt + op.pb;
+      s.w = x.w + op.pl + op.pr;
+      break;
+    case Kind::relu:
+    case Kind::clip:
+    case Kind::copy:
+      break;
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels. Each output value is computed by one task in a fixed order, and the GEMMs are cut
+// by rules that depend on the layer only, so results do not depend on the thread count (a
+// multi-threaded OpenBLAS sgemm does not give the bits of a single-threaded one).
+
+// fn(begin, end) over parts of [0, n) on the OpenMP threads, so BLAS runs single-threaded
+// inside. OpenMP rather than OpenCV's pool (TBB), which a first version used: the rest of the
+// pipeline (FAISS, OpenBLAS, embedding, search) runs on OpenMP, and two pools in one process
+// took the cores from each other (hei_med predict, backbone 2.6-3.3 s with TBB vs 2.0-2.9 s).
+template <class F>
+void parallel(int64_t n, F&& fn) {
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t i = 0; i < n; ++i) fn(i, i + 1);
+}
+
+// Rows [r0, r1) and columns [n0, n1) of the im2col matrix of group channels from c0:
+// col[r, p - n0] = x[c0 + ci, oy*sh - pt + ky*dh, ox*sw - pl + kx*dw] (0 outside the image) for
+// p = oy * ow + ox and r = (ci * kh + ky) * kw + kx, the row order of the weights
+// [cout, cin, kh, kw]. col holds row r at col + r * (n1 - n0).
+void im2col(const Op& op, const Blob& x, int64_t c0, int64_t ow, int64_t n0, int64_t n1, int64_t r0,
+            int64_t r1, float* col) {
+  const int64_t ld = n1 - n0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t ci = r / (op.kh * op.kw), ky = (r / op.kw) % op.kh, kx = r % op.kw;
+    const float* src = x.data.data() + (c0 + ci) * x.plane();
+    // ox in [x0, x1) reads inside the image's row: ix = ox * sw + off
+    const int64_t off = kx * op.dw - op.pl;
+    const int64_t x0 = off >= 0 ? 0 : std::min(ow, (-off + op.sw - 1) / op.sw);
+    const int64_t x1 = x.w - 1 - off < 0 ? 0 : std::min(ow, (x.w - 1 - off) / op.sw + 1);
+    for (int64_t p = n0; p < n1;) {
+      const int64_t oy = p / ow, ox_begin = p % ow, ox_end = std::min(ow, ox_begin + (n1 - p));
+      float* d = col + r * ld + (p - n0) - ox_begin;  // d[ox] is column p + ox - ox_begin
+      p += ox_end - ox_begin;
+      const int64_t iy = oy * op.sh - op.pt + ky * op.dh;
+      if (iy < 0 || iy >= x.h) {
+        std::fill(d + ox_begin, d + ox_end, 0.0f);
+        continue;
+      }
+      const int64_t a = std::max(ox_begin, x0), b = std::max(a, std::min(ox_end, x1));
+      const float* s = src + iy * x.w + off;
+      std::fill(d + ox_begin, d + a, 0.0f);
+      if (op.sw == 1) {
+        std::copy(s + a, s + b, d + a);
+      } else {
+        for (int64_t ox = a; ox < b; ++ox) d[ox] = s[ox * op.sw];
+      }
+      std::fill(d + b, d + ox_end, 0.0f);
+    }
+  }
+}
+
+// Adds the bias and applies the fused activation to channels [c0, c1), columns [n0, n1).
+void bias_and_activation(const Op& op, Blob& y, int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
+  if (op.bias.empty() && op.act == Act::none) return;
+  for (int64_t c = c0; c < c1; ++c) {
+    float* v = y.data.data() + c * y.plane();
+    const float b = op.bias.empty() ? 0.0f : op.bias[static_cast<size_t>(c)];
+    switch (op.act) {
+      case Act::none:
+        for (int64_t i = n0; i < n1; ++i) v[i] += b;
+        break;
+      case Act::relu:
+        for (int64_t i = n0; i < n1; ++i) v[i] = std::max(v[i] + b, 0.0f);
+        break;
+      case Act::clip:
+        for (int64_t i = n0; i < n1; ++i) v[i] = std::min(std::max(v[i] + b, op.lo), op.hi);
+        break;
+    }
+  }
+}
+
+// One filter per channel: no GEMM to speak of (K = kh * kw), so a direct loop.
+void depthwise(const Op& op, const Blob& x, Blob& y) {
+  const int64_t off_x = -op.pl;
+  parallel(y.c, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const float* src = x.data.data() + c * x.plane();
+      float* dst = y.data.data() + c * y.plane();
+      std::fill(dst, dst + y.plane(), 0.0f);
+      for (int64_t ky = 0; ky < op.kh; ++ky) {
+        for (int64_t kx = 0; kx < op.kw; ++kx) {
+          const float wv = op.weight[static_cast<size_t>((c * op.kh + ky) * op.kw + kx)];
+          const int64_t off = kx * op.dw + off_x;
+          const int64_t x0 = off >= 0 ? 0 : std::min(y.w, (-off + op.sw - 1) / op.sw);
+          const int64_t x1 = x.w - 1 - off < 0 ? 0 : std::min(y.w, (x.w - 1 - off) / op.sw + 1);
+          for (int64_t oy = 0; oy < y.h; ++oy) {
+            const int64_t iy = oy * op.sh - op.pt + ky * op.dh;
+            if (iy < 0 || iy >= x.h) continue;
+            const float* s = src + iy * x.w + off;
+            float* d = dst + oy * y.w;
+            for (int64_t ox = x0; ox < x1; ++ox) d[ox] += wv * s[ox * op.sw];
+          }
+        }
+      }
+      bias_and_activation(op, y, c, c + 1, 0, y.plane());
+    }
+  });
+}
+
+// Y[c0:c1, n0:n1] = W[c0:c1, :] B[:, n0:n1] for B of leading dimension ldb, one BLAS thread
+// (the caller's loop is the parallel one). Row-major Y = W B is column-major Y^T = B^T W^T.
+void gemm_block(const Op& op, const float* b, int64_t ldb, int64_t c0, int64_t c1, int64_t n0,
+                int64_t n1, Blob& y) {
+  const int64_t k = op.cin_per_group * op.kh * op.kw;
+  const int m_ = static_cast<int>(n1 - n0), n_ = static_cast<int>(c1 - c0),
+            k_ = static_cast<int>(k), ldb_ = static_cast<int>(ldb),
+            ldc_ = static_cast<int>(y.plane());
+  const float one = 1.0f, zero = 0.0f;
+  sgemm_("N", "N", &m_, &n_, &k_, &one, b, &ldb_, op.weight.data() + c0 * k, &k_, &zero,
+         y.data.data() + c0 * y.plane() + n0, &ldc_);
+  bias_and_activation(op, y, c0, c1, n0, n1);
+}
+
+// The GEMM Y = W B of a convolution is cut into column blocks (output positions) and channel
+// blocks, one task each with a single-threaded sgemm. On large maps each column block's task
+// builds its own im2col rows just before multiplying them, while they are in cache: on
+// InceptionV3's 147 x 147 and 71 x 71 layers that took 22 instead of 28 ms per image compared
+// with one im2col matrix and a multi-threaded sgemm. Small maps (35 x 35, 17 x 17) have too
+// few columns to share out, so their output channels are shared out as well, over one im2col
+// matrix built first by all threads. The cut depends on the layer only, never on the thread
+// count: OpenBLAS's results depend on how a product is cut.
+constexpr int64_t kColumnBlockFloats = 256 * 1024;  // 1 MB of im2col per column block
+constexpr int64_t kMinBlockColumns = 128;
+constexpr int64_t kMinBlockChannels = 32;
+constexpr int64_t kMinTasks = 4;
+
+void conv(const Op& op, const Blob& x, Blob& y, std::vector<float>& shared_col) {
+  const int64_t cout_g = op.cout / op.group;
+  if (op.cin_per_group == 1 && cout_g == 1) {
+    depthwise(op, x, y);
+    return;
+  }
+  const int64_t n = y.plane();
+  const int64_t k = op.cin_per_group * op.kh * op.kw;
+  const bool direct = op.kh == 1 && op.kw == 1 && op.sh == 1 && op.sw == 1 && op.pt == 0 &&
+                      op.pl == 0 && op.pb == 0 && op.pr == 0;
+  PATCHCORE_ASSERT(k * std::max<int64_t>(n, 1) < std::numeric_limits<int>::max());
+  const int64_t col_blocks = std::max<int64_t>(
+      1, std::min((n * k + kColumnBlockFloats - 1) / kColumnBlockFloats, n / kMinBlockColumns));
+  const int64_t chan_blocks =
+      col_blocks >= kMinTasks
+          ? 1
+          : std::clamp<int64_t>((kMinTasks + col_blocks - 1) / col_blocks, 1,
+                                std::max<int64_t>(1, cout_g / kMinBlockChannels));
+  for (int64_t g = 0; g < op.group; ++g) {
+    const int64_t cin0 = g * op.cin_per_group;
+    const int64_t cout0 = g * cout_g;
+    const float* b = x.data.data() + cin0 * x.plane();  // B, of leading dimension n
+    if (!direct && chan_blocks > 1) {
+      shared_col.resize(static_cast<size_t>(k * n));
+      float* col = shared_col.data();
+      parallel(k, [&](int64_t r0, int64_t r1) { im2col(op, x, cin0, y.w, 0, n, r0, r1, col); });
+      b = col;
+    }
+    const bool own_col = !direct && chan_blocks == 1;
+    parallel(col_blocks * chan_blocks, [&](int64_t t_begin, int64_t t_end) {
+      thread_local std::vector<float> col;
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t cb = t / chan_blocks, hb = t % chan_blocks;
+        const int64_t n0 = cb * n / col_blocks, n1 = (cb + 1) * n / col_blocks;
+        const int64_t c0 = cout0 + hb * cout_g / chan_blocks;
+        const int64_t c1 = cout0 + (hb + 1) * cout_g / chan_blocks;
+        if (own_col) {
+          col.resize(static_cast<size_t>(k * (n1 - n0)));
+          im2col(op, x, cin0, y.w, n0, n1, 0, k, col.data());
+          gemm_block(op, col.data(), n1 - n0, c0, c1, n0, n1, y);
+        } else {
+          gemm_block(op, b + n0, n, c0, c1, n0, n1, y);
+        }
+      }
+    });
+  }
+}
+
+// Max or average over each window, separably: a pass along rows into `rows` (x.h x y.w), one
+// tap at a time so that the loops vectorise, then one along columns: k_h + k_w reads per
+// output instead of k_h * k_w.
+template <bool kMax>
+void pool(const Op& op, const Blob& x, Blob& y) {
+  auto combine = [](float a, float b) { return kMax ? std::max(a, b) : a + b; };
+  const float start = kMax ? std::numeric_limits<float>::lowest() : 0.0f;
+  // outputs [lo[t], hi[t]) of a row read tap t inside the image; windows never lie wholly in
+  // the padding (checked when the graph is read), so each output gets at least one tap
+  std::vector<int64_t> lo(static_cast<size_t>(op.kw)), hi(static_cast<size_t>(op.kw));
+  for (int64_t t = 0; t < op.kw; ++t) {
+    const int64_t off = t - op.pl;
+    lo[static_cast<size_t>(t)] = off >= 0 ? 0 : std::min(y.w, (-off + op.sw - 1) / op.sw);
+    hi[static_cast<size_t>(t)] = x.w - 1 - off < 0 ? 0 : std::min(y.w, (x.w - 1 - off) / op.sw + 1);
+  }
+  parallel(y.c, [&](int64_t c_begin, int64_t c_end) {
+    std::vector<float> rows(static_cast<size_t>(x.h * y.w));
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const float* src = x.data.data() + c * x.plane();
+      float* dst = y.data.data() + c * y.plane();
+      std::fill(rows.begin(), rows.end(), start);
+      for (int64_t iy = 0; iy < x.h; ++iy) {
+        float* r = rows.data() + iy * y.w;
+        for (int64_t t = 0; t < op.kw; ++t) {
+          const float* s = src + iy * x.w + t - op.pl;
+          const int64_t h = hi[static_cast<size_t>(t)];
+          if (op.sw == 1) {
+            for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox)
+              r[ox] = combine(r[ox], s[ox]);
+          } else {
+            for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox) {
+              r[ox] = combine(r[ox], s[ox * op.sw]);
+            }
+          }
+        }
+      }
+      for (int64_t oy = 0; oy < y.h; ++oy) {
+        const int64_t y0 = std::max<int64_t>(oy * op.sh - op.pt, 0);
+        const int64_t y1 = std::min(oy * op.sh - op.pt + op.kh, x.h);
+        float* d = dst + oy * y.w;
+        std::copy(rows.data() + y0 * y.w, rows.data() + (y0 + 1) * y.w, d);
+        for (int64_t iy = y0 + 1; iy < y1; ++iy) {
+          const float* r = rows.data() + iy * y.w;
+          for (int64_t ox = 0; ox < y.w; ++ox) d[ox] = combine(d[ox], r[ox]);
+        }
+        if (!kMax) {
+          for (int64_t ox = 0; ox < y.w; ++ox) {
+            const int64_t x0 = std::max<int64_t>(ox * op.sw - op.pl, 0);
+            const int64_t x1 = std::min(ox * op.sw - op.pl + op.kw, x.w);
+            const int64_t count = op.count_include_pad ? op.kh * op.kw : (y1 - y0) * (x1 - x0);
+            d[ox] /= static_cast<float>(count);
+          }
+        }
+      }
+    }
+  });
+}
+
+void run(const Op& op, const std::vector<const Blob*>& in, Blob& y, std::vector<float>& col) {
+  const Blob& x = *in[0];
+  const int64_t plane = x.plane();
+  switch (op.kind) {
+    case Kind::conv:
+      conv(op, x, y, col);
+      return;
+    case Kind::max_pool:
+      pool<true>(op, x, y);
+      return;
+    case Kind::avg_pool:
+      pool<false>(op, x, y);
+      return;
+    case Kind::relu:
+      std::transform(x.data.begin(), x.data.end(), y.data.begin(),
+                     [](float v) { return std::max(v, 0.0f); });
+      return;
+    case Kind::clip:
+      std::transform(x.data.begin(), x.data.end(), y.data.begin(),
+                     [&](float v) { return std::min(std::max(v, op.lo), op.hi); });
+      return;
+    case Kind::add:
+      std::transform(x.data.begin(), x.data.end(), in[1]->data.begin(), y.data.begin(),
+                     std::plus<>());
+      return;
+    case Kind::copy:
+      y.data = x.data;
+      return;
+    case Kind::mul: {
+      const auto n = static_cast<int64_t>(op.scale.size());
+      parallel(x.c, [&](int64_t c_begin, int64_t c_end) {
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          for (int64_t i = c * plane; i < (c + 1) * plane; ++i) {
+            const int64_t at = n == 1 ? 0 : n == x.c ? c : i;
+            y.data[i] = x.data[i] * op.scale[at];
+          }
+        }
+      });
+      return;
+    }
+    case Kind::scale_shift:
+      parallel(x.c, [&](int64_t c_begin, int64_t c_end) {
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          const float s = op.scale[static_cast<size_t>(c)], t = op.shift[static_cast<size_t>(c)];
+          for (int64_t i = c * plane; i < (c + 1) * plane; ++i) y.data[i] = x.data[i] * s + t;
+        }
+      });
+      return;
+    case Kind::concat: {
+      float* dst = y.data.data();
+      for (const Blob* b : in) dst = std::copy(b->data.begin(), b->data.end(), dst);
+      return;
+    }
+    case Kind::pad:
+      std::fill(y.data.begin(), y.data.end(), op.value);
+      for (int64_t c = 0; c < x.c; ++c) {
+        for (int64_t r = 0; r < x.h; ++r) {
+          const float* s = x.data.data() + c * plane + r * x.w;
+          std::copy(s, s + x.w, y.data.data() + c * y.plane() + (r + op.pt) * y.w + op.pl);
+        }
+      }
+      return;
+  }
+}
+
+class GemmBackbone : public Backbone {
+ public:
+  GemmBackbone(const std::vector<uint8_t>& onnx, const std::vector<std::string>& layers,
+               int threads)
+      : graph_(onnx, layers), layers_(layers), threads_(threads) {}
+
+  std::vector<Tensor> forward(const Tensor& batch) override {
+    if (batch.shape.size() != 4) throw_usage("backbone input must be [N, C, H, W]");
+    for (size_t d = 1; d < 4; ++d) {
+      if (graph_.input_shape[d] > 0 && graph_.input_shape[d] != batch.shape[d]) {
+        throw_usage("backbone input of " + std::to_string(batch.shape[1]) + " x " +
+                    std::to_string(batch.shape[2]) + " x " + std::to_string(batch.shape[3]) +
+                    " does not match the graph's " + std::to_string(graph_.input_shape[1]) + " x " +
+                    std::to_string(graph_.input_shape[2]) + " x " +
+                    std::to_string(graph_.input_shape[3]));
+      }
+    }
+    const int64_t n = batch.shape[0];
+    std::vector<Tensor> out(layers_.size());
+    OmpThreadsGuard omp_guard(threads_);
+    const int64_t per_image = n > 0 ? batch.numel() / n : 0;
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<Blob> v(static_cast<size_t>(graph_.values));
+      Blob& input = v[0];
+      input.c = batch.shape[1];
+      input.h = batch.shape[2];
+      input.w = batch.shape[3];
+      input.data = acquire(per_image);
+      std::copy(batch.data.begin() + i * per_image, batch.data.begin() + (i + 1) * per_image,
+                input.data.begin());
+      auto deliver = [&](int value) {
+        for (size_t k = 0; k < layers_.size(); ++k) {
+          if (graph_.outputs[k] != value) continue;
+          const Blob& b = v[static_cast<size_t>(value)];
+          if (i == 0) out[k] = Tensor({n, b.c, b.h, b.w});
+          std::copy(b.data.begin(), b.data.end(), out[k].data.begin() + i * b.data.size());
+        }
+      };
+      deliver(0);
+      for (size_t o = 0; o < graph_.ops.size(); ++o) {
+        const Op& op = graph_.ops[o];
+        std::vector<const Blob*> in;
+        for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
+        Blob& y = v[static_cast<size_t>(op.output)];
+        const Shape s = output_shape(op, in);
+        y.c = s.c;
+        y.h = s.h;
+        y.w = s.w;
+        y.data = acquire(s.c * s.h * s.w);
+        run(op, in, y, col_);
+        deliver(op.output);
+        for (int id : op.inputs) {
+          if (graph_.last_use[static_cast<size_t>(id)] == static_cast<int>(o)) {
+            spare_.push_back(std::move(v[static_cast<size_t>(id)].data));
+          }
+        }
+      }
+      for (Blob& b : v) {
+        if (b.data.capacity() > 0) spare_.push_back(std::move(b.data));
+      }
+    }
+    return out;
+  }
+
+  const std::vector<std::string>& layers() const override { return layers_; }
+
+  double flops_per_image(int height, int width) override {
+    std::vector<Blob> v(static_cast<size_t>(graph_.values));
+    v[0].c = graph_.input_shape[1] > 0 ? graph_.input_shape[1] : 3;
+    v[0].h = height;
+    v[0].w = width;
+    double flops = 0;
+    for (const Op& op : graph_.ops) {
+      std::vector<const Blob*> in;
+      for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
+      const Shape s = output_shape(op, in);
+      Blob& y = v[static_cast<size_t>(op.output)];
+      y.c = s.c;
+      y.h = s.h;
+      y.w = s.w;
+      if (op.kind == Kind::conv) {
+        flops += 2.0 * static_cast<double>(s.c * s.h * s.w) *
+                 static_cast<double>(op.cin_per_group * op.kh * op.kw);
+      }
+    }
+    return flops;
+  }
+
+  std::string engine() const override { return "gemm"; }
+
+ private:
+  // A buffer of `size` floats (contents undefined) from the spare ones: the smallest that is
+  // large enough, else a new one. Freed maps go back to the spares instead of to the system:
+  // glibc returns large blocks to the kernel, and faulting their pages in again cost 5 % of a
+  // forward pass. The spares stay at the graph's largest live set.
+  std::vector<float> acquire(int64_t size) {
+    auto best = spare_.end();
+    for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+      if (static_cast<int64_t>(it->capacity()) >= size &&
+          (best == spare_.end() || it->capacity() < best->capacity())) {
+        best = it;
+      }
+    }
+    std::vector<float> b;
+    if (best != spare_.end()) {
+      b = std::move(*best);
+      spare_.erase(best);
+    }
+    b.resize(static_cast<size_t>(size));
+    return b;
+  }
+
+  Graph graph_;
+  std::vector<std::string> layers_;
+  int threads_;
+  std::vector<std::vector<float>> spare_;
+  std::vector<float> col_;  // the im2col matrix of small maps
+};
+
+}  // namespace
+
+std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
+                                             const std::vector<std::string>& layers, int threads) {
+  try {
+    return std::make_unique<GemmBackbone>(onnx, layers, threads);
+  } catch (const Unsupported& e) {
+    throw_bad_input(kWhere, std::string("the GEMM engine cannot run it: ") + e.what() +
+                                " (use the OpenCV engine)");
+  }
+}
+
+std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
+                                        const std::vector<std::string>& layers, int threads,
+                                        BackboneEngine engine) {
+  switch (engine) {
+    case BackboneEngine::gemm:
+      return make_gemm_backbone(onnx, layers, threads);
+    case BackboneEngine::opencv:
+      return make_opencv_backbone(onnx, layers, threads);
+    case BackboneEngine::automatic:
+      break;
+  }
+  try {
+    return std::make_unique<GemmBackbone>(onnx, layers, threads);
+  } catch (const Unsupported&) {
+    return make_opencv_backbone(onnx, layers, threads);
+  }
+}
+
+}  // namespace patchcore

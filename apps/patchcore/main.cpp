@@ -1,12 +1,35 @@
 // patchcore: fit, evaluate and apply PatchCore anomaly detection models.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <iostream>
 #include <new>
 
 #include "cli.h"
 
+namespace {
+
+// OpenMP threads waiting for work spin (libgomp polls ~300,000 times) before they sleep. Beside
+// a second process on the same cores (two predictions at once, ctest -j2) the spinning threads
+// took the cores from the working ones: one CLI test ran 1.8 s alone and 47 s beside a copy of
+// itself, 2.1 s with OMP_WAIT_POLICY=passive, and single runs were no slower with it
+// (docs/benchmarks.md). libgomp reads the variable once, as it loads, so the program sets it
+// and starts itself again, unless the user chose a policy.
+void prefer_passive_openmp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) {
+    return;
+  }
+  if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only when it fails: then run as we are
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  CLI::App app{"patchcore: PatchCore visual anomaly detection (fit on normal images, then score "
-               "new ones with a heatmap)"};
+  prefer_passive_openmp_wait(argv);
+  CLI::App app{
+      "patchcore: PatchCore visual anomaly detection (fit on normal images, then score "
+      "new ones with a heatmap)"};
   app.set_version_flag("--version", std::string("patchcore ") + PATCHCORE_VERSION);
   app.require_subcommand(1);
   patchcore::cli::add_fit(app);

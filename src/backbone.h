@@ -39,8 +39,9 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
 
 /// The GEMM engine (gemm_backbone.cpp): an interpreter for the operators the built-in and
 /// imported backbones use (Conv, Relu, Clip, Add, Mul by a constant, Concat along channels,
-/// MaxPool, AveragePool, constant Pad, BatchNormalization, Identity), every convolution one
-/// BLAS sgemm on an im2col matrix, one image at a time. Only the nodes the layers depend on
+/// MaxPool, AveragePool, constant Pad, BatchNormalization, Identity), every convolution
+/// single-threaded BLAS sgemm calls on blocks of its im2col matrix shared out to the OpenMP
+/// threads, one image at a time. Only the nodes the layers depend on
 /// are read. Outputs equal OpenCV's to float rounding (tested to 1e-5 relative) and do not
 /// depend on the thread count or the batch. threads <= 0: the caller's OpenMP count. Throws
 /// Error(bad_input) when the graph does not parse, lacks a layer, or uses an operator or
@@ -48,8 +49,9 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
 std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
                                              const std::vector<std::string>& layers, int threads);
 
-/// The backbone of the chosen engine; BackboneEngine::automatic takes the GEMM engine when it
-/// implements every operator the layers need, else OpenCV.
+/// The backbone of the chosen engine. BackboneEngine::automatic takes the GEMM engine when it
+/// implements every operator the layers need and the graph has no grouped (depthwise)
+/// convolutions, which OpenCV runs faster; else OpenCV.
 std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
                                         const std::vector<std::string>& layers, int threads,
                                         BackboneEngine engine);

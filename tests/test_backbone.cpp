@@ -631,6 +631,12 @@ TEST(GemmBackbone, OperatorsItLacksFallBackToOpenCvOrAreNamed) {
     EXPECT_NE(std::string(e.what()).find("Sigmoid"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("'act'"), std::string::npos) << e.what();
   }
+  // Depthwise convolutions go to OpenCV unless the GEMM engine is asked for.
+  KerasBuilder dw(3);
+  dw.depthwise("dw", "input_1", 3, 1, "same");
+  const auto dw_onnx = keras_to_onnx(dw.model(), 9, 9, {"dw"});
+  EXPECT_EQ(make_backbone(dw_onnx, {"dw"}, 1, BackboneEngine::automatic)->engine(), "opencv");
+  EXPECT_EQ(make_backbone(dw_onnx, {"dw"}, 1, BackboneEngine::gemm)->engine(), "gemm");
   // Past the requested layers an operator does not matter.
   const auto late = with_operator(onnx, "head_act", "Sigmoid");
   EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::automatic)->engine(), "gemm");

@@ -83,7 +83,8 @@ enum class Resize {
 /// What runs the backbone. A choice of this run, not stored in a model: both engines compute
 /// the same features to float rounding (1e-5 relative).
 enum class BackboneEngine {
-  automatic,  ///< gemm when it implements every operator of the graph, else opencv
+  automatic,  ///< gemm when it implements every operator and the graph has no depthwise
+              ///< convolutions (OpenCV runs those faster), else opencv
   gemm,       ///< this project's interpreter: each convolution one BLAS sgemm (the faster)
   opencv,     ///< OpenCV DNN
 };
@@ -135,7 +136,10 @@ struct Params {
   /// threshold and the normalisation when no abnormal images exist.
   double holdout_fraction = 0.1;
 
-  int threads = 0;                                    ///< 0: all cores
+  /// 0: all cores. The work runs on OpenMP threads (OpenCV's for image operations); run the
+  /// program with OMP_WAIT_POLICY=passive when other processes share the cores (the CLI sets
+  /// it for itself): spinning idle threads slowed two concurrent runs several-fold.
+  int threads = 0;
   int batch_size = 8;                                 ///< images per backbone call
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
 };

@@ -76,9 +76,9 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
 CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
   return cmd
       .add_option("--engine", engine,
-                  "what runs the backbone: auto (gemm unless the graph has operators it lacks or "
-                  "depthwise convolutions), gemm (BLAS "
-                  "convolutions) or opencv (OpenCV DNN); same features to float rounding")
+                  "what runs the backbone: auto (gemm unless the graph has operators it lacks "
+                  "or depthwise convolutions), gemm (BLAS convolutions) or opencv (OpenCV "
+                  "DNN); same features to float rounding")
       ->check(CLI::IsMember({"auto", "gemm", "opencv"}));
 }
 

@@ -124,6 +124,24 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
 }
 
+TEST_F(Cli, BenchComparesTheEnginesOnTheSameInput) {
+  CmdResult r = run(local_, {"bench", "--compare-engines", "2", "--backbone", "inception_v3",
+                             "--image-size", "107", "--threads", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["runs"].get<int>(), 2);
+  for (const char* engine : {"gemm", "opencv"}) {
+    EXPECT_GT(j["engines"][engine]["median_ms"].get<double>(), 0.0) << engine;
+    EXPECT_LE(j["engines"][engine]["min_ms"].get<double>(),
+              j["engines"][engine]["median_ms"].get<double>())
+        << engine;
+  }
+  for (const char* layer : {"mixed2", "mixed5"}) {
+    EXPECT_LT(j["max_difference_over_max_value"][layer].get<double>(), 1e-5) << layer;
+  }
+  EXPECT_EQ(run(local_, {"bench", "--threads", "2"}).code, 2);  // neither --data nor a comparison
+}
+
 TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
   const fs::path out = local_ / "eval";
   CmdResult r = run(local_, {"eval", "--model", model().string(), "--data", data().string(),

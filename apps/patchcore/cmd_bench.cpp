@@ -1,16 +1,20 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "backbone.h"
 #include "blas.h"
 #include "cli.h"
 #include "dataset.h"
+#include "error.h"
 #include "omp_threads.h"
 
 namespace fs = std::filesystem;
@@ -72,6 +76,59 @@ struct Stages {
   }
 };
 
+// Both engines on the same input, alternating image by image so that a busy or throttled
+// machine slows both alike: medians and minima of `runs` forwards each, and how far the GEMM
+// engine's features are from OpenCV's (largest difference over the layer's largest value).
+json compare_engines(const Params& params, int runs) {
+  const auto builtin = builtin_backbone(params.backbone);
+  const std::vector<std::string> layers = !params.layers.empty() ? params.layers
+                                          : builtin
+                                              ? builtin->default_layers
+                                              : onnx_backbone_info(params.backbone).default_layers;
+  if (layers.empty()) throw_usage("--layers is required with " + params.backbone);
+  const int size = params.image_size > 0 ? params.image_size
+                   : builtin             ? builtin->default_image_size
+                                         : 0;
+  if (size <= 0) throw_usage("--image-size is required with " + params.backbone);
+  const BackboneGraph g = build_backbone_graph(params.backbone, layers, size);
+  Tensor x({1, 3, size, size});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data[i] = std::sin(0.37 * static_cast<double>(i));
+  const std::vector<BackboneEngine> engines{BackboneEngine::opencv, BackboneEngine::gemm};
+  std::vector<std::unique_ptr<Backbone>> nets;
+  std::vector<std::vector<Tensor>> first;
+  for (BackboneEngine e : engines) {
+    nets.push_back(make_backbone(g.onnx, layers, params.threads, e));
+    first.push_back(nets.back()->forward(x));  // warm-up, and the outputs compared
+  }
+  std::vector<std::vector<double>> ms(engines.size());
+  for (int r = 0; r < runs; ++r) {
+    for (size_t e = 0; e < engines.size(); ++e) {
+      const auto t0 = std::chrono::steady_clock::now();
+      nets[e]->forward(x);
+      ms[e].push_back(1e3 *
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
+  for (size_t e = 0; e < engines.size(); ++e) {
+    std::sort(ms[e].begin(), ms[e].end());
+    const double median = ms[e][ms[e].size() / 2];
+    const double flops = nets[e]->flops_per_image(size, size);
+    out["engines"][nets[e]->engine()] = {{"median_ms", median},
+                                         {"min_ms", ms[e].front()},
+                                         {"gflops_at_median", flops / median / 1e6}};
+  }
+  for (size_t k = 0; k < layers.size(); ++k) {
+    double diff = 0, scale = 0;
+    for (int64_t i = 0; i < first[0][k].numel(); ++i) {
+      diff = std::max(diff, std::abs(double{first[0][k].data[i]} - first[1][k].data[i]));
+      scale = std::max(scale, std::abs(double{first[0][k].data[i]}));
+    }
+    out["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
+  }
+  return out;
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -79,16 +136,29 @@ void add_bench(CLI::App& app) {
   struct State {
     std::string data;
     int max_predict = 0;
+    int compare_engines = 0;
     FitOptions options;
   };
   auto s = std::make_shared<State>();
-  cmd->add_option("--data", s->data, "MVTec category folder or a folder of normal images")
-      ->required();
+  cmd->add_option("--data", s->data, "MVTec category folder or a folder of normal images");
   cmd->add_option("--max-predict", s->max_predict,
                   "predict at most this many test images (0: all)");
+  cmd->add_option("--compare-engines", s->compare_engines,
+                  "instead: run the backbone N times through each engine, alternating, on one "
+                  "synthetic image (no --data needed)");
   add_fit_options(*cmd, s->options);
   cmd->callback([s] {
     const Params params = resolve_fit_options(s->options);
+    if (s->compare_engines < 0) throw_usage("--compare-engines must be >= 0");
+    if (s->compare_engines > 0) {
+      json out = compare_engines(params, s->compare_engines);
+      out["machine"] = {{"cpu", cpu_model()},
+                        {"cores", sysconf(_SC_NPROCESSORS_ONLN)},
+                        {"sgemm_gflops", sgemm_gflops(params.threads)}};
+      std::cout << out.dump(2) << "\n";
+      return;
+    }
+    if (s->data.empty()) throw_usage("bench needs --data (or --compare-engines N)");
     const Dataset data = scan_dataset(s->data);
     std::vector<fs::path> train, test;
     for (const Sample& x : data.train) train.push_back(x.image);

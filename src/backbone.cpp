@@ -15,6 +15,7 @@
 #include "error.h"
 #include "file_io.h"
 #include "keras_onnx.h"
+#include "onnx_graph.h"
 #include "sha256.h"
 
 namespace patchcore {
@@ -30,24 +31,9 @@ struct GraphFacts {
 };
 
 GraphFacts inspect_onnx(const std::vector<uint8_t>& bytes, const std::string& where) {
-  onnx::ModelProto model;
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
-      !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    throw_bad_input(where, "not an ONNX model");
-  }
+  const onnx::ModelProto model = parse_onnx(bytes, where);
   GraphFacts facts;
-  std::set<std::string> initializers;
-  for (const auto& t : model.graph().initializer()) initializers.insert(t.name());
-  for (const auto& in : model.graph().input()) {
-    if (initializers.count(in.name())) continue;
-    if (!facts.input_shape.empty()) throw_bad_input(where, "the graph has more than one input");
-    for (const auto& d : in.type().tensor_type().shape().dim()) {
-      facts.input_shape.push_back(d.has_dim_value() ? d.dim_value() : 0);
-    }
-  }
-  if (facts.input_shape.size() != 4) {
-    throw_bad_input(where, "the graph input is not an image batch [N, C, H, W]");
-  }
+  facts.input_shape = image_input(model, where).shape;
   for (const auto& n : model.graph().node()) {
     for (const auto& o : n.output()) facts.tensors.insert(o);
   }
@@ -90,17 +76,7 @@ class OpenCvBackbone : public Backbone {
   // One image at a time (see the header): measured on OpenCV 4.6, a batch of 4 through the same
   // graph was no faster per image and differed from single runs in the last bits.
   std::vector<Tensor> forward(const Tensor& batch) override {
-    if (batch.shape.size() != 4) throw_usage("backbone input must be [N, C, H, W]");
-    for (size_t d = 1; d < 4; ++d) {
-      if (input_shape_[d] > 0 && input_shape_[d] != batch.shape[d]) {
-        throw_usage("backbone input [" + std::to_string(batch.shape[0]) + ", " +
-                    std::to_string(batch.shape[1]) + ", " + std::to_string(batch.shape[2]) + ", " +
-                    std::to_string(batch.shape[3]) + "] does not match the graph's [" +
-                    std::to_string(input_shape_[0]) + ", " + std::to_string(input_shape_[1]) +
-                    ", " + std::to_string(input_shape_[2]) + ", " +
-                    std::to_string(input_shape_[3]) + "]");
-      }
-    }
+    check_batch_shape(input_shape_, batch);
     const int n = static_cast<int>(batch.shape[0]);
     const int64_t per_image = batch.numel() / std::max(n, 1);
     std::vector<Tensor> out(layers_.size());

@@ -19,6 +19,7 @@
 #include "blas.h"
 #include "error.h"
 #include "omp_threads.h"
+#include "onnx_graph.h"
 
 namespace patchcore {
 
@@ -143,25 +144,13 @@ std::vector<int64_t> int64s_of(const onnx::TensorProto& t) {
 class Graph {
  public:
   Graph(const std::vector<uint8_t>& bytes, const std::vector<std::string>& layers) {
-    onnx::ModelProto model;
-    if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
-        !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-      throw_bad_input(kWhere, "not an ONNX model");
-    }
+    const onnx::ModelProto model = parse_onnx(bytes, kWhere);
     if (layers.empty()) throw_bad_input(kWhere, "no output layer requested");
     const onnx::GraphProto& g = model.graph();
     for (const auto& t : g.initializer()) init_[t.name()] = &t;
-    for (const auto& in : g.input()) {
-      if (init_.count(in.name())) continue;
-      if (!ids_.empty()) throw_bad_input(kWhere, "the graph has more than one input");
-      ids_[in.name()] = 0;
-      for (const auto& d : in.type().tensor_type().shape().dim()) {
-        input_shape.push_back(d.has_dim_value() ? d.dim_value() : 0);
-      }
-    }
-    if (input_shape.size() != 4) {
-      throw_bad_input(kWhere, "the graph input is not an image batch [N, C, H, W]");
-    }
+    const GraphInput input = image_input(model, kWhere);
+    input_shape = input.shape;
+    ids_[input.name] = 0;
     values = 1;
 
     // Only the nodes the requested layers depend on: a classifier head past them may use
@@ -192,6 +181,7 @@ class Graph {
     for (size_t i = 0; i < ops.size(); ++i) {
       for (int v : ops[i].inputs) last_use[static_cast<size_t>(v)] = static_cast<int>(i);
     }
+    init_.clear();
   }
 
   std::vector<int64_t> input_shape;
@@ -401,6 +391,8 @@ class Graph {
     ops = std::move(kept);
   }
 
+  // Into the constructor's ModelProto: only valid while the graph is read (the ops keep copies
+  // of what they need, the proto's weights are not kept twice).
   std::map<std::string, const onnx::TensorProto*> init_;
   std::map<std::string, int> ids_;
 };
@@ -769,16 +761,7 @@ class GemmBackbone : public Backbone {
       : graph_(onnx, layers), layers_(layers), threads_(threads) {}
 
   std::vector<Tensor> forward(const Tensor& batch) override {
-    if (batch.shape.size() != 4) throw_usage("backbone input must be [N, C, H, W]");
-    for (size_t d = 1; d < 4; ++d) {
-      if (graph_.input_shape[d] > 0 && graph_.input_shape[d] != batch.shape[d]) {
-        throw_usage("backbone input of " + std::to_string(batch.shape[1]) + " x " +
-                    std::to_string(batch.shape[2]) + " x " + std::to_string(batch.shape[3]) +
-                    " does not match the graph's " + std::to_string(graph_.input_shape[1]) + " x " +
-                    std::to_string(graph_.input_shape[2]) + " x " +
-                    std::to_string(graph_.input_shape[3]));
-      }
-    }
+    check_batch_shape(graph_.input_shape, batch);
     const int64_t n = batch.shape[0];
     std::vector<Tensor> out(layers_.size());
     OmpThreadsGuard omp_guard(threads_);

@@ -462,14 +462,14 @@ Shape output_shape(const Op& op, const std::vector<const Blob*>& in) {
 // by rules that depend on the layer only, so results do not depend on the thread count (a
 // multi-threaded OpenBLAS sgemm does not give the bits of a single-threaded one).
 
-// fn(begin, end) over parts of [0, n) on the OpenMP threads, so BLAS runs single-threaded
-// inside. OpenMP rather than OpenCV's pool (TBB), which a first version used: the rest of the
-// pipeline (FAISS, OpenBLAS, embedding, search) runs on OpenMP, and two pools in one process
-// took the cores from each other (hei_med predict, backbone 2.6-3.3 s with TBB vs 2.0-2.9 s).
+// fn(i) for i in [0, n) on the OpenMP threads, so BLAS runs single-threaded inside. OpenMP rather
+// than OpenCV's pool (TBB), which a first version used: the rest of the pipeline (FAISS, OpenBLAS,
+// embedding, search) runs on OpenMP, and two pools in one process took the cores from each other
+// (hei_med predict, backbone 2.6-3.3 s with TBB vs 2.0-2.9 s).
 template <class F>
 void parallel(int64_t n, F&& fn) {
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t i = 0; i < n; ++i) fn(i, i + 1);
+  for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
 // Rows [r0, r1) and columns [n0, n1) of the im2col matrix of group channels from c0:
@@ -531,28 +531,26 @@ void bias_and_activation(const Op& op, Blob& y, int64_t c0, int64_t c1, int64_t 
 // One filter per channel: no GEMM to speak of (K = kh * kw), so a direct loop.
 void depthwise(const Op& op, const Blob& x, Blob& y) {
   const int64_t off_x = -op.pl;
-  parallel(y.c, [&](int64_t c_begin, int64_t c_end) {
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      const float* src = x.data.data() + c * x.plane();
-      float* dst = y.data.data() + c * y.plane();
-      std::fill(dst, dst + y.plane(), 0.0f);
-      for (int64_t ky = 0; ky < op.kh; ++ky) {
-        for (int64_t kx = 0; kx < op.kw; ++kx) {
-          const float wv = op.weight[static_cast<size_t>((c * op.kh + ky) * op.kw + kx)];
-          const int64_t off = kx * op.dw + off_x;
-          const int64_t x0 = off >= 0 ? 0 : std::min(y.w, (-off + op.sw - 1) / op.sw);
-          const int64_t x1 = x.w - 1 - off < 0 ? 0 : std::min(y.w, (x.w - 1 - off) / op.sw + 1);
-          for (int64_t oy = 0; oy < y.h; ++oy) {
-            const int64_t iy = oy * op.sh - op.pt + ky * op.dh;
-            if (iy < 0 || iy >= x.h) continue;
-            const float* s = src + iy * x.w + off;
-            float* d = dst + oy * y.w;
-            for (int64_t ox = x0; ox < x1; ++ox) d[ox] += wv * s[ox * op.sw];
-          }
+  parallel(y.c, [&](int64_t c) {
+    const float* src = x.data.data() + c * x.plane();
+    float* dst = y.data.data() + c * y.plane();
+    std::fill(dst, dst + y.plane(), 0.0f);
+    for (int64_t ky = 0; ky < op.kh; ++ky) {
+      for (int64_t kx = 0; kx < op.kw; ++kx) {
+        const float wv = op.weight[static_cast<size_t>((c * op.kh + ky) * op.kw + kx)];
+        const int64_t off = kx * op.dw + off_x;
+        const int64_t x0 = off >= 0 ? 0 : std::min(y.w, (-off + op.sw - 1) / op.sw);
+        const int64_t x1 = x.w - 1 - off < 0 ? 0 : std::min(y.w, (x.w - 1 - off) / op.sw + 1);
+        for (int64_t oy = 0; oy < y.h; ++oy) {
+          const int64_t iy = oy * op.sh - op.pt + ky * op.dh;
+          if (iy < 0 || iy >= x.h) continue;
+          const float* s = src + iy * x.w + off;
+          float* d = dst + oy * y.w;
+          for (int64_t ox = x0; ox < x1; ++ox) d[ox] += wv * s[ox * op.sw];
         }
       }
-      bias_and_activation(op, y, c, c + 1, 0, y.plane());
     }
+    bias_and_activation(op, y, c, c + 1, 0, y.plane());
   });
 }
 
@@ -608,24 +606,22 @@ void conv(const Op& op, const Blob& x, Blob& y, std::vector<float>& shared_col) 
     if (!direct && chan_blocks > 1) {
       shared_col.resize(static_cast<size_t>(k * n));
       float* col = shared_col.data();
-      parallel(k, [&](int64_t r0, int64_t r1) { im2col(op, x, cin0, y.w, 0, n, r0, r1, col); });
+      parallel(k, [&](int64_t r) { im2col(op, x, cin0, y.w, 0, n, r, r + 1, col); });
       b = col;
     }
     const bool own_col = !direct && chan_blocks == 1;
-    parallel(col_blocks * chan_blocks, [&](int64_t t_begin, int64_t t_end) {
-      thread_local std::vector<float> col;
-      for (int64_t t = t_begin; t < t_end; ++t) {
-        const int64_t cb = t / chan_blocks, hb = t % chan_blocks;
-        const int64_t n0 = cb * n / col_blocks, n1 = (cb + 1) * n / col_blocks;
-        const int64_t c0 = cout0 + hb * cout_g / chan_blocks;
-        const int64_t c1 = cout0 + (hb + 1) * cout_g / chan_blocks;
-        if (own_col) {
-          col.resize(static_cast<size_t>(k * (n1 - n0)));
-          im2col(op, x, cin0, y.w, n0, n1, 0, k, col.data());
-          gemm_block(op, col.data(), n1 - n0, c0, c1, n0, n1, y);
-        } else {
-          gemm_block(op, b + n0, n, c0, c1, n0, n1, y);
-        }
+    parallel(col_blocks * chan_blocks, [&](int64_t t) {
+      const int64_t cb = t / chan_blocks, hb = t % chan_blocks;
+      const int64_t n0 = cb * n / col_blocks, n1 = (cb + 1) * n / col_blocks;
+      const int64_t c0 = cout0 + hb * cout_g / chan_blocks;
+      const int64_t c1 = cout0 + (hb + 1) * cout_g / chan_blocks;
+      if (own_col) {
+        thread_local std::vector<float> col;
+        col.resize(static_cast<size_t>(k * (n1 - n0)));
+        im2col(op, x, cin0, y.w, n0, n1, 0, k, col.data());
+        gemm_block(op, col.data(), n1 - n0, c0, c1, n0, n1, y);
+      } else {
+        gemm_block(op, b + n0, n, c0, c1, n0, n1, y);
       }
     });
   }
@@ -646,43 +642,41 @@ void pool(const Op& op, const Blob& x, Blob& y) {
     lo[static_cast<size_t>(t)] = off >= 0 ? 0 : std::min(y.w, (-off + op.sw - 1) / op.sw);
     hi[static_cast<size_t>(t)] = x.w - 1 - off < 0 ? 0 : std::min(y.w, (x.w - 1 - off) / op.sw + 1);
   }
-  parallel(y.c, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<float> rows(static_cast<size_t>(x.h * y.w));
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      const float* src = x.data.data() + c * x.plane();
-      float* dst = y.data.data() + c * y.plane();
-      std::fill(rows.begin(), rows.end(), start);
-      for (int64_t iy = 0; iy < x.h; ++iy) {
-        float* r = rows.data() + iy * y.w;
-        for (int64_t t = 0; t < op.kw; ++t) {
-          const float* s = src + iy * x.w + t - op.pl;
-          const int64_t h = hi[static_cast<size_t>(t)];
-          if (op.sw == 1) {
-            for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox)
-              r[ox] = combine(r[ox], s[ox]);
-          } else {
-            for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox) {
-              r[ox] = combine(r[ox], s[ox * op.sw]);
-            }
+  parallel(y.c, [&](int64_t c) {
+    thread_local std::vector<float> rows;
+    rows.resize(static_cast<size_t>(x.h * y.w));
+    const float* src = x.data.data() + c * x.plane();
+    float* dst = y.data.data() + c * y.plane();
+    std::fill(rows.begin(), rows.end(), start);
+    for (int64_t iy = 0; iy < x.h; ++iy) {
+      float* r = rows.data() + iy * y.w;
+      for (int64_t t = 0; t < op.kw; ++t) {
+        const float* s = src + iy * x.w + t - op.pl;
+        const int64_t h = hi[static_cast<size_t>(t)];
+        if (op.sw == 1) {
+          for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox) r[ox] = combine(r[ox], s[ox]);
+        } else {
+          for (int64_t ox = lo[static_cast<size_t>(t)]; ox < h; ++ox) {
+            r[ox] = combine(r[ox], s[ox * op.sw]);
           }
         }
       }
-      for (int64_t oy = 0; oy < y.h; ++oy) {
-        const int64_t y0 = std::max<int64_t>(oy * op.sh - op.pt, 0);
-        const int64_t y1 = std::min(oy * op.sh - op.pt + op.kh, x.h);
-        float* d = dst + oy * y.w;
-        std::copy(rows.data() + y0 * y.w, rows.data() + (y0 + 1) * y.w, d);
-        for (int64_t iy = y0 + 1; iy < y1; ++iy) {
-          const float* r = rows.data() + iy * y.w;
-          for (int64_t ox = 0; ox < y.w; ++ox) d[ox] = combine(d[ox], r[ox]);
-        }
-        if (!kMax) {
-          for (int64_t ox = 0; ox < y.w; ++ox) {
-            const int64_t x0 = std::max<int64_t>(ox * op.sw - op.pl, 0);
-            const int64_t x1 = std::min(ox * op.sw - op.pl + op.kw, x.w);
-            const int64_t count = op.count_include_pad ? op.kh * op.kw : (y1 - y0) * (x1 - x0);
-            d[ox] /= static_cast<float>(count);
-          }
+    }
+    for (int64_t oy = 0; oy < y.h; ++oy) {
+      const int64_t y0 = std::max<int64_t>(oy * op.sh - op.pt, 0);
+      const int64_t y1 = std::min(oy * op.sh - op.pt + op.kh, x.h);
+      float* d = dst + oy * y.w;
+      std::copy(rows.data() + y0 * y.w, rows.data() + (y0 + 1) * y.w, d);
+      for (int64_t iy = y0 + 1; iy < y1; ++iy) {
+        const float* r = rows.data() + iy * y.w;
+        for (int64_t ox = 0; ox < y.w; ++ox) d[ox] = combine(d[ox], r[ox]);
+      }
+      if (!kMax) {
+        for (int64_t ox = 0; ox < y.w; ++ox) {
+          const int64_t x0 = std::max<int64_t>(ox * op.sw - op.pl, 0);
+          const int64_t x1 = std::min(ox * op.sw - op.pl + op.kw, x.w);
+          const int64_t count = op.count_include_pad ? op.kh * op.kw : (y1 - y0) * (x1 - x0);
+          d[ox] /= static_cast<float>(count);
         }
       }
     }
@@ -719,22 +713,18 @@ void run(const Op& op, const std::vector<const Blob*>& in, Blob& y, std::vector<
       return;
     case Kind::mul: {
       const auto n = static_cast<int64_t>(op.scale.size());
-      parallel(x.c, [&](int64_t c_begin, int64_t c_end) {
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          for (int64_t i = c * plane; i < (c + 1) * plane; ++i) {
-            const int64_t at = n == 1 ? 0 : n == x.c ? c : i;
-            y.data[i] = x.data[i] * op.scale[at];
-          }
+      parallel(x.c, [&](int64_t c) {
+        for (int64_t i = c * plane; i < (c + 1) * plane; ++i) {
+          const int64_t at = n == 1 ? 0 : n == x.c ? c : i;
+          y.data[i] = x.data[i] * op.scale[at];
         }
       });
       return;
     }
     case Kind::scale_shift:
-      parallel(x.c, [&](int64_t c_begin, int64_t c_end) {
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const float s = op.scale[static_cast<size_t>(c)], t = op.shift[static_cast<size_t>(c)];
-          for (int64_t i = c * plane; i < (c + 1) * plane; ++i) y.data[i] = x.data[i] * s + t;
-        }
+      parallel(x.c, [&](int64_t c) {
+        const float s = op.scale[static_cast<size_t>(c)], t = op.shift[static_cast<size_t>(c)];
+        for (int64_t i = c * plane; i < (c + 1) * plane; ++i) y.data[i] = x.data[i] * s + t;
       });
       return;
     case Kind::concat: {

@@ -68,6 +68,7 @@ struct Op {
   float value = 0;
   // mul (per element, per channel or scalar) and scale_shift (per channel)
   std::vector<float> scale, shift;
+  int64_t mul_c = 1, mul_h = 1, mul_w = 1;  // the mul constant's last three dimensions
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -287,7 +288,13 @@ class Graph {
       if (n.input_size() != 2) unsupported(n, "not two inputs");
       const int c = initializer(n.input(1)) != nullptr ? 1 : 0;
       value_input(1 - c);
-      op.scale = floats_of(need_initializer(n, c));
+      const onnx::TensorProto& t = need_initializer(n, c);
+      op.scale = floats_of(t);
+      const int d = t.dims_size();
+      if (d > 4 || (d == 4 && t.dims(0) != 1)) unsupported(n, "a constant that is not one image's");
+      if (d >= 3) op.mul_c = t.dims(d - 3);
+      if (d >= 2) op.mul_h = t.dims(d - 2);
+      if (d >= 1) op.mul_w = t.dims(d - 1);
     } else if (type == "Concat") {
       op.kind = Kind::concat;
       const int64_t axis = int_attr(n, "axis", 1);
@@ -431,8 +438,11 @@ Shape output_shape(const Op& op, const std::vector<const Blob*>& in) {
       if (in[1]->c != x.c || in[1]->h != x.h || in[1]->w != x.w) fail("adds different shapes");
       break;
     case Kind::mul: {
-      const auto n = static_cast<int64_t>(op.scale.size());
-      if (n != 1 && n != x.c && n != x.c * x.h * x.w) fail("constant does not broadcast");
+      // scalar, per channel [C, 1, 1] or per element [C, H, W]: what the graphs here use
+      const bool scalar = op.mul_c == 1 && op.mul_h == 1 && op.mul_w == 1;
+      const bool channel = op.mul_c == x.c && op.mul_h == 1 && op.mul_w == 1;
+      const bool element = op.mul_c == x.c && op.mul_h == x.h && op.mul_w == x.w;
+      if (!scalar && !channel && !element) fail("constant does not broadcast");
       break;
     }
     case Kind::scale_shift:
@@ -712,11 +722,11 @@ void run(const Op& op, const std::vector<const Blob*>& in, Blob& y, std::vector<
       y.data = x.data;
       return;
     case Kind::mul: {
-      const auto n = static_cast<int64_t>(op.scale.size());
+      const bool element = op.mul_h * op.mul_w > 1;  // else scalar or per channel
       parallel(x.c, [&](int64_t c) {
         for (int64_t i = c * plane; i < (c + 1) * plane; ++i) {
-          const int64_t at = n == 1 ? 0 : n == x.c ? c : i;
-          y.data[i] = x.data[i] * op.scale[at];
+          const int64_t at = element ? i : op.mul_c == 1 ? 0 : c;
+          y.data[i] = x.data[i] * op.scale[static_cast<size_t>(at)];
         }
       });
       return;

@@ -603,6 +603,42 @@ std::vector<uint8_t> with_operator(const std::vector<uint8_t>& bytes, const std:
   return {out.begin(), out.end()};
 }
 
+// The converter multiplies by a [1, C, h, w] constant; ONNX files may hold a per-channel
+// [1, C, 1, 1] or a scalar one instead.
+TEST(GemmBackbone, MulBroadcastsScalarsAndChannelsByTheirDimensions) {
+  KerasBuilder b(3);
+  b.conv("conv", "input_1", 4, 1, 1, 1, "valid", true);
+  b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");  // padded mean, then Mul
+  const std::vector<std::string> outs{"avg/padded_mean", "avg"};  // before and after the Mul
+  const auto onnx = keras_to_onnx(b.model(), 7, 6, {"avg"});
+  const Tensor x = random_batch(1, 3, 7, 6, 4);
+  struct Case {
+    std::vector<int64_t> dims;
+    std::vector<float> values;
+  };
+  for (const Case& c : {Case{{1, 4, 1, 1}, {1.5f, -2.0f, 3.0f, 0.25f}}, Case{{1}, {-3.0f}}}) {
+    onnx::ModelProto model;
+    ASSERT_TRUE(model.ParseFromArray(onnx.data(), static_cast<int>(onnx.size())));
+    bool found = false;
+    for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+      if (t.name() != "avg/correction") continue;
+      t.clear_dims();
+      for (int64_t d : c.dims) t.add_dims(d);
+      t.set_raw_data(c.values.data(), c.values.size() * sizeof(float));
+      found = true;
+    }
+    ASSERT_TRUE(found);
+    std::string bytes;
+    model.SerializeToString(&bytes);
+    const auto out = make_gemm_backbone({bytes.begin(), bytes.end()}, outs, 2)->forward(x);
+    const int64_t plane = out[0].dim(2) * out[0].dim(3);
+    for (int64_t i = 0; i < out[0].numel(); ++i) {
+      const float scale = c.values.size() == 1 ? c.values[0] : c.values[i / plane];
+      ASSERT_EQ(out[1].data[i], out[0].data[i] * scale) << i;
+    }
+  }
+}
+
 TEST(GemmBackbone, OperatorsItLacksFallBackToOpenCvOrAreNamed) {
   KerasBuilder b(3);
   b.conv("conv", "input_1", 4, 3, 3, 1, "same", true);

@@ -549,15 +549,18 @@ TEST(Backbone, BothEnginesRejectBadGraphsAndInputs) {
 
 // Maps large enough for the convolutions to be cut into column blocks (with their own im2col
 // rows, or 1 x 1 ones read in place) and small ones cut into channel blocks over a shared
-// im2col matrix: every cut against the plain forward.
+// im2col matrix, and 3 x 3 ones done by Winograd in blocks of tiles or of channels: every cut
+// against the plain forward.
 TEST(GemmBackbone, BlockedConvolutionsMatchThePlainForward) {
   KerasBuilder b(3, 4);
-  b.conv("a", "input_1", 16, 3, 3, 1, "same", true, "relu");
-  b.conv("b", "a", 64, 3, 3, 1, "same", true);           // k = 144: several column blocks
-  b.conv("c", "b", 8, 1, 1, 1, "valid", true);           // 1 x 1 on 64 channels, read in place
-  b.conv("d", "a", 40, 5, 5, 2, "valid");                // strided, 40 channels
-  b.conv("e", "a", 96, 1, 3, 1, "same", false, "relu");  // asymmetric kernel, fused relu
-  const std::vector<std::string> outs{"b", "c", "d", "e"};
+  b.conv("a", "input_1", 16, 3, 3, 1, "same", true, "relu");  // 3 channels in: im2col
+  b.conv("b", "a", 64, 3, 3, 1, "same", true);                // Winograd
+  b.conv("c", "b", 8, 1, 1, 1, "valid", true);                // 1 x 1 on 64 channels, read in place
+  b.conv("d", "a", 40, 5, 5, 2, "valid");                     // strided, 40 channels
+  b.conv("e", "a", 96, 1, 3, 1, "same", false, "relu");       // asymmetric kernel, fused relu
+  b.conv("f", "a", 24, 4, 3, 1, "same", true);                // k = 192: several column blocks
+  b.conv("g", "b", 24, 3, 3, 1, "valid", true, "relu");       // Winograd, valid, fused relu
+  const std::vector<std::string> outs{"b", "c", "d", "e", "f", "g"};
   for (auto [h, w] : {std::pair{100, 97}, {48, 50}, {13, 12}})
     expect_matches(b.model(), h, w, outs);
 }
@@ -608,7 +611,7 @@ std::vector<uint8_t> with_operator(const std::vector<uint8_t>& bytes, const std:
 TEST(GemmBackbone, MulBroadcastsScalarsAndChannelsByTheirDimensions) {
   KerasBuilder b(3);
   b.conv("conv", "input_1", 4, 1, 1, 1, "valid", true);
-  b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");  // padded mean, then Mul
+  b.pool("AveragePooling2D", "avg", "conv", 3, 1, "same");        // padded mean, then Mul
   const std::vector<std::string> outs{"avg/padded_mean", "avg"};  // before and after the Mul
   const auto onnx = keras_to_onnx(b.model(), 7, 6, {"avg"});
   const Tensor x = random_batch(1, 3, 7, 6, 4);

@@ -506,9 +506,10 @@ Shape output_shape(const Op& op, const std::vector<const Blob*>& in) {
 // than OpenCV's pool (TBB), which a first version used: the rest of the pipeline (FAISS, OpenBLAS,
 // embedding, search) runs on OpenMP, and two pools in one process took the cores from each other
 // (hei_med predict, backbone 2.6-3.3 s with TBB vs 2.0-2.9 s).
+// Inside an image-parallel team (GemmBackbone::forward) it runs on the calling thread.
 template <class F>
 void parallel(int64_t n, F&& fn) {
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (!omp_in_parallel())
   for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
@@ -817,57 +818,67 @@ void run(const Op& op, const std::vector<const Blob*>& in, Blob& y, std::vector<
   }
 }
 
+// What one image's forward pass allocates: freed maps go back to `spare` instead of to the
+// system (glibc returns large blocks to the kernel, and faulting their pages in again cost 5 %
+// of a forward pass), so the spares stay at the graph's largest live set.
+struct Workspace {
+  std::vector<std::vector<float>> spare;
+  std::vector<float> col;  // the im2col matrix of small maps
+
+  // A buffer of `size` floats (contents undefined): the smallest spare that is large enough,
+  // else a new one.
+  std::vector<float> acquire(int64_t size) {
+    auto best = spare.end();
+    for (auto it = spare.begin(); it != spare.end(); ++it) {
+      if (static_cast<int64_t>(it->capacity()) >= size &&
+          (best == spare.end() || it->capacity() < best->capacity())) {
+        best = it;
+      }
+    }
+    std::vector<float> b;
+    if (best != spare.end()) {
+      b = std::move(*best);
+      spare.erase(best);
+    }
+    b.resize(static_cast<size_t>(size));
+    return b;
+  }
+};
+
 class GemmBackbone : public Backbone {
  public:
   GemmBackbone(const std::vector<uint8_t>& onnx, const std::vector<std::string>& layers,
                int threads)
       : graph_(onnx, layers), layers_(layers), threads_(threads) {}
 
+  // A batch of at least as many images as threads runs one image per thread, each pass on
+  // one core: nothing then waits for the slowest thread at each of a pass's ~300 parallel
+  // steps (on this 2-core VM a stalled vCPU held every step up). The rest of the batch, or a
+  // single image, runs one image at a time with each layer shared out. Both give the same bits:
+  // every layer is cut the same way whoever runs it.
   std::vector<Tensor> forward(const Tensor& batch) override {
     check_batch_shape(graph_.input_shape, batch);
     const int64_t n = batch.shape[0];
+    const std::vector<Shape> shapes = value_shapes(batch.shape[1], batch.shape[2], batch.shape[3]);
     std::vector<Tensor> out(layers_.size());
+    for (size_t k = 0; k < layers_.size(); ++k) {
+      const Shape& s = shapes[static_cast<size_t>(graph_.outputs[k])];
+      out[k] = Tensor({n, s.c, s.h, s.w});
+    }
     OmpThreadsGuard omp_guard(threads_);
+    const int team = std::max(1, omp_get_max_threads());
+    if (static_cast<int>(workspaces_.size()) < team) workspaces_.resize(static_cast<size_t>(team));
     const int64_t per_image = n > 0 ? batch.numel() / n : 0;
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<Blob> v(static_cast<size_t>(graph_.values));
-      Blob& input = v[0];
-      input.c = batch.shape[1];
-      input.h = batch.shape[2];
-      input.w = batch.shape[3];
-      input.data = acquire(per_image);
-      std::copy(batch.data.begin() + i * per_image, batch.data.begin() + (i + 1) * per_image,
-                input.data.begin());
-      auto deliver = [&](int value) {
-        for (size_t k = 0; k < layers_.size(); ++k) {
-          if (graph_.outputs[k] != value) continue;
-          const Blob& b = v[static_cast<size_t>(value)];
-          if (i == 0) out[k] = Tensor({n, b.c, b.h, b.w});
-          std::copy(b.data.begin(), b.data.end(), out[k].data.begin() + i * b.data.size());
-        }
-      };
-      deliver(0);
-      for (size_t o = 0; o < graph_.ops.size(); ++o) {
-        const Op& op = graph_.ops[o];
-        std::vector<const Blob*> in;
-        for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
-        Blob& y = v[static_cast<size_t>(op.output)];
-        const Shape s = output_shape(op, in);
-        y.c = s.c;
-        y.h = s.h;
-        y.w = s.w;
-        y.data = acquire(s.c * s.h * s.w);
-        run(op, in, y, col_);
-        deliver(op.output);
-        for (int id : op.inputs) {
-          if (graph_.last_use[static_cast<size_t>(id)] == static_cast<int>(o)) {
-            spare_.push_back(std::move(v[static_cast<size_t>(id)].data));
-          }
-        }
+    const int64_t whole = team > 1 ? n - n % team : 0;  // images run one per thread
+    if (whole > 0) {
+#pragma omp parallel for schedule(static) num_threads(team)
+      for (int64_t i = 0; i < whole; ++i) {
+        run_image(batch.data.data() + i * per_image, i, shapes,
+                  workspaces_[static_cast<size_t>(omp_get_thread_num())], out);
       }
-      for (Blob& b : v) {
-        if (b.data.capacity() > 0) spare_.push_back(std::move(b.data));
-      }
+    }
+    for (int64_t i = whole; i < n; ++i) {
+      run_image(batch.data.data() + i * per_image, i, shapes, workspaces_[0], out);
     }
     return out;
   }
@@ -875,23 +886,14 @@ class GemmBackbone : public Backbone {
   const std::vector<std::string>& layers() const override { return layers_; }
 
   double flops_per_image(int height, int width) override {
-    std::vector<Blob> v(static_cast<size_t>(graph_.values));
-    v[0].c = graph_.input_shape[1] > 0 ? graph_.input_shape[1] : 3;
-    v[0].h = height;
-    v[0].w = width;
+    const std::vector<Shape> shapes =
+        value_shapes(graph_.input_shape[1] > 0 ? graph_.input_shape[1] : 3, height, width);
     double flops = 0;
     for (const Op& op : graph_.ops) {
-      std::vector<const Blob*> in;
-      for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
-      const Shape s = output_shape(op, in);
-      Blob& y = v[static_cast<size_t>(op.output)];
-      y.c = s.c;
-      y.h = s.h;
-      y.w = s.w;
-      if (op.kind == Kind::conv) {
-        flops += 2.0 * static_cast<double>(s.c * s.h * s.w) *
-                 static_cast<double>(op.cin_per_group * op.kh * op.kw);
-      }
+      if (op.kind != Kind::conv) continue;
+      const Shape& s = shapes[static_cast<size_t>(op.output)];
+      flops += 2.0 * static_cast<double>(s.c * s.h * s.w) *
+               static_cast<double>(op.cin_per_group * op.kh * op.kw);
     }
     return flops;
   }
@@ -906,32 +908,73 @@ class GemmBackbone : public Backbone {
   }
 
  private:
-  // A buffer of `size` floats (contents undefined) from the spare ones: the smallest that is
-  // large enough, else a new one. Freed maps go back to the spares instead of to the system:
-  // glibc returns large blocks to the kernel, and faulting their pages in again cost 5 % of a
-  // forward pass. The spares stay at the graph's largest live set.
-  std::vector<float> acquire(int64_t size) {
-    auto best = spare_.end();
-    for (auto it = spare_.begin(); it != spare_.end(); ++it) {
-      if (static_cast<int64_t>(it->capacity()) >= size &&
-          (best == spare_.end() || it->capacity() < best->capacity())) {
-        best = it;
+  // The shape of every value for an input of c x h x w (output_shape checks each op's inputs).
+  std::vector<Shape> value_shapes(int64_t c, int64_t h, int64_t w) const {
+    std::vector<Blob> v(static_cast<size_t>(graph_.values));
+    v[0].c = c;
+    v[0].h = h;
+    v[0].w = w;
+    std::vector<Shape> shapes(static_cast<size_t>(graph_.values));
+    shapes[0] = {c, h, w};
+    for (const Op& op : graph_.ops) {
+      std::vector<const Blob*> in;
+      for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
+      const Shape s = output_shape(op, in);
+      Blob& y = v[static_cast<size_t>(op.output)];
+      y.c = s.c;
+      y.h = s.h;
+      y.w = s.w;
+      shapes[static_cast<size_t>(op.output)] = s;
+    }
+    return shapes;
+  }
+
+  // One image's pass, its requested layers copied into image i of `out`.
+  void run_image(const float* image, int64_t i, const std::vector<Shape>& shapes, Workspace& ws,
+                 std::vector<Tensor>& out) const {
+    std::vector<Blob> v(static_cast<size_t>(graph_.values));
+    auto make = [&](int value) -> Blob& {
+      Blob& b = v[static_cast<size_t>(value)];
+      const Shape& s = shapes[static_cast<size_t>(value)];
+      b.c = s.c;
+      b.h = s.h;
+      b.w = s.w;
+      b.data = ws.acquire(s.c * s.h * s.w);
+      return b;
+    };
+    auto deliver = [&](int value) {
+      for (size_t k = 0; k < layers_.size(); ++k) {
+        if (graph_.outputs[k] != value) continue;
+        const Blob& b = v[static_cast<size_t>(value)];
+        std::copy(b.data.begin(), b.data.end(),
+                  out[k].data.begin() + i * static_cast<int64_t>(b.data.size()));
+      }
+    };
+    Blob& input = make(0);
+    std::copy(image, image + input.data.size(), input.data.begin());
+    deliver(0);
+    for (size_t o = 0; o < graph_.ops.size(); ++o) {
+      const Op& op = graph_.ops[o];
+      std::vector<const Blob*> in;
+      for (int id : op.inputs) in.push_back(&v[static_cast<size_t>(id)]);
+      Blob& y = make(op.output);
+      run(op, in, y, ws.col);
+      deliver(op.output);
+      for (int id : op.inputs) {
+        if (graph_.last_use[static_cast<size_t>(id)] == static_cast<int>(o)) {
+          ws.spare.push_back(std::move(v[static_cast<size_t>(id)].data));
+        }
       }
     }
-    std::vector<float> b;
-    if (best != spare_.end()) {
-      b = std::move(*best);
-      spare_.erase(best);
+    for (Blob& b : v) {
+      if (b.data.capacity() > 0) ws.spare.push_back(std::move(b.data));
     }
-    b.resize(static_cast<size_t>(size));
-    return b;
   }
 
   Graph graph_;
   std::vector<std::string> layers_;
   int threads_;
-  std::vector<std::vector<float>> spare_;
-  std::vector<float> col_;  // the im2col matrix of small maps
+  std::vector<Workspace> workspaces_;  // one per thread of the image-parallel team
 };
 
 }  // namespace

@@ -570,6 +570,8 @@ Tensor forward_with(const std::vector<uint8_t>& onnx, const std::vector<std::str
   return make_gemm_backbone(onnx, layers, threads)->forward(x)[index];
 }
 
+// Three images on 2 threads run as two image-parallel passes plus one with its layers shared
+// out, on 3 threads all image-parallel, on 4 all layer-parallel: the same bits as on one.
 TEST(GemmBackbone, SameBitsWhateverTheThreadCount) {
   KerasBuilder b(3, 5);
   b.conv("a", "input_1", 16, 3, 3, 2, "same", true, "relu");
@@ -578,7 +580,7 @@ TEST(GemmBackbone, SameBitsWhateverTheThreadCount) {
   b.conv("c", "avg", 48, 1, 1, 1, "valid", true, "relu");
   const std::vector<std::string> outs{"b", "c"};
   const auto onnx = keras_to_onnx(b.model(), 120, 90, outs);
-  const Tensor x = random_batch(2, 3, 120, 90, 8);
+  const Tensor x = random_batch(3, 3, 120, 90, 8);
   for (size_t k = 0; k < outs.size(); ++k) {
     const Tensor one = forward_with(onnx, outs, 1, x, k);
     for (int threads : {2, 3, 4}) {

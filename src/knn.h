@@ -18,6 +18,13 @@ struct KnnOptions {
   /// 256 doubled the cross term for little.
   int proj_dim = 128;
   int64_t min_rows = 2048;
+  /// When 0 < coarse_dim < proj_dim, the bound of every row is first taken on the leading
+  /// coarse_dim directions only (a cross term of K = coarse_dim, the search's largest cost at
+  /// K = 128), and the full bound is computed only for the rows that bound does not rule out.
+  /// On the magnetic_tile bank (9,726 x 1,056) 83, 29 and 11 rows per query pass the final
+  /// threshold on 16, 32 and 64 directions (4.5 on 128); predicting 100 images took the same
+  /// time with the three within the noise, and 20 % less than without the coarse stage.
+  int coarse_dim = 32;
 };
 
 class NearestNeighbors {
@@ -38,10 +45,11 @@ class NearestNeighbors {
   /// answer is never padded or clamped.
   ///
   /// With the bound (bounded() true) the answer is knn_reference()'s exactly: every bank row
-  /// gets a lower bound of its distance from the bank's top proj_dim principal directions
-  /// (|P(q - b)|^2 + (|residual q| - |residual b|)^2, the cross term by one small sgemm), and
-  /// only rows whose bound does not exceed the k-th best exact distance so far are measured
-  /// exactly. On CNN patch features a few dozen of 10,000 rows are measured per query.
+  /// gets a lower bound of its distance from the bank's top principal directions
+  /// (|P(q - b)|^2 + (|residual q| - |residual b|)^2, the cross term by one small sgemm, on
+  /// coarse_dim directions then on proj_dim for the rows left), and only rows whose bound does
+  /// not exceed the k-th best exact distance so far are measured exactly. On CNN patch
+  /// features about a dozen of 10,000 rows are measured per query.
   /// Without it, FAISS's brute force (BLAS for batches of >= 20 queries) chooses the
   /// neighbours, and rows closer than its rounding (~1e-7 of the norms) may come in either
   /// order.

@@ -199,11 +199,12 @@ TEST(Knn, BoundedSearchIsTheBruteForceExactly) {
   for (int64_t i = 0; i < 20; ++i) std::copy_n(bank.row(i * 97), 256, q.row(i));
   for (int64_t i = 20; i < 30; ++i)
     for (int64_t j = 0; j < 256; ++j) q.row(i)[j] *= 8.0f;
-  for (int p : {32, 64}) {
-    const NearestNeighbors nn(bank, KnnOptions{2, p, 1000});
+  // One bound on 32 directions; on 64 with no coarse stage, or a coarse one on 8 or 32.
+  for (auto [p, coarse] : {std::pair{32, 32}, {64, 0}, {64, 8}, {64, 32}}) {
+    const NearestNeighbors nn(bank, KnnOptions{2, p, 1000, coarse});
     ASSERT_TRUE(nn.bounded());
     for (int k : {1, 3, 9}) {
-      SCOPED_TRACE(::testing::Message() << "p=" << p << " k=" << k);
+      SCOPED_TRACE(::testing::Message() << "p=" << p << " coarse=" << coarse << " k=" << k);
       const Result got = run(nn, q, k);
       expect_identical(got, run_reference(bank, q, k));
       for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(got.dist[i * k], 0.0f);
@@ -275,6 +276,7 @@ TEST(Knn, BoundOnlyWhereItCanPay) {
   EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 65, 2048}).bounded());  // D < 4 p
   EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 0, 0}).bounded());
   EXPECT_FALSE(NearestNeighbors(bank, KnnOptions{1, 32, 3001}).bounded());
+  EXPECT_THROW(NearestNeighbors(bank, KnnOptions{1, 64, 0, -1}), Error);
   // The default: banks of at least 2,048 rows and 512 columns.
   EXPECT_FALSE(NearestNeighbors(bank, 1).bounded());
   EXPECT_TRUE(NearestNeighbors(random_matrix(2048, 512, 71), 1).bounded());

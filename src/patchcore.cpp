@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iomanip>
 #include <mutex>
@@ -247,13 +248,23 @@ struct Model::Impl {
     ok.clear();
     sizes.clear();
     auto decode = std::make_unique<StageTimer>(cb, "decode", static_cast<int64_t>(paths.size()));
+    // One image per thread (large retina photographs take 10 ms each to decode). An error other
+    // than a bad file is kept and thrown after the loop: exceptions must not leave an OpenMP
+    // region.
+    std::vector<std::exception_ptr> failures(paths.size());
+#pragma omp parallel for schedule(dynamic)
     for (size_t i = 0; i < paths.size(); ++i) {
       try {
         images[i] = load_rgb(paths[i]);
       } catch (const Error& e) {
-        if (e.kind() != ErrorKind::bad_input) throw;
+        if (e.kind() != ErrorKind::bad_input) failures[i] = std::current_exception();
         errors[i] = e.what();
+      } catch (...) {
+        failures[i] = std::current_exception();
       }
+    }
+    for (const auto& f : failures) {
+      if (f) std::rethrow_exception(f);
     }
     for (size_t i = 0; i < paths.size(); ++i) {
       if (images[i].empty()) {

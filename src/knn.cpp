@@ -51,47 +51,54 @@ void check_k(const Tensor& bank, int k) {
 // does the fine bound computed from the differences z_x - z_y directly (projected_sq_distance).
 constexpr double kSlackPer128 = 1e-4;  // scaled with p below, as gamma_p is
 
-struct ProjectionBound {
-  int p = 0;
-  int coarse = 0;  // leading directions of the first bound (p when there is one bound only)
-  PrincipalDirections directions;
-  std::vector<float> proj;        // [M, p] the bank's z, rounded to float
-  std::vector<float> proj_sq;     // |z|^2 of the float z's leading `coarse` values
-  std::vector<float> resid;       // r, beyond the leading `coarse` directions
-  std::vector<float> fine_resid;  // r beyond all p directions (when coarse < p)
-  std::vector<float> slack;       // the slack factor times |b - c|^2
+// A bound on the leading `dims` directions: |z_x - z_y|^2 over them (from |z|^2 and the cross
+// term) plus (r_x - r_y)^2, r the norm beyond them.
+struct BoundLevel {
+  int dims = 0;
+  std::vector<float> sq;     // |z|^2 of the float z's leading dims values
+  std::vector<float> resid;  // r beyond them
 };
 
-// z, |z_coarse|^2, the residuals and the slack of `rows` rows of x (row-major, d columns).
-// cn_all and z are scratch (resized here).
-void project_rows(const ProjectionBound& pb, const float* x, int64_t rows, int64_t d,
-                  std::vector<double>& cn_all, std::vector<double>& z, float* proj, float* proj_sq,
-                  float* resid, float* fine_resid, float* slack) {
-  const int p = pb.p;
+struct ProjectionBound {
+  int p = 0;
+  PrincipalDirections directions;
+  std::vector<float> proj;   // [M, p] the bank's z, rounded to float
+  BoundLevel full;           // on all p directions
+  BoundLevel coarse;         // on the leading ones (dims == p: none)
+  std::vector<float> slack;  // the slack factor times |b - c|^2
+};
+
+// One row's values of a level (z: its p projections in double, f their floats).
+void fill_level(BoundLevel& level, int64_t row, const double* z, const float* f, double cn) {
+  double zn = 0.0, fn = 0.0;
+  for (int j = 0; j < level.dims; ++j) {
+    zn += z[j] * z[j];
+    fn += double{f[j]} * double{f[j]};
+  }
+  level.sq[static_cast<size_t>(row)] = static_cast<float>(fn);
+  level.resid[static_cast<size_t>(row)] = static_cast<float>(std::sqrt(std::max(0.0, cn - zn)));
+}
+
+void resize_level(BoundLevel& level, int dims, int64_t rows) {
+  level.dims = dims;
+  level.sq.resize(static_cast<size_t>(rows));
+  level.resid.resize(static_cast<size_t>(rows));
+}
+
+// z, both levels and the slack of `rows` rows of x (row-major, d columns) into rows [r0, r0 +
+// rows) of proj, full, coarse and slack. cn_all and z are scratch (resized here).
+void project_rows(const PrincipalDirections& directions, const float* x, int64_t rows, int64_t d,
+                  std::vector<double>& cn_all, std::vector<double>& z, float* proj,
+                  BoundLevel& full, BoundLevel& coarse, float* slack, int64_t r0) {
+  const int p = directions.p;
   cn_all.resize(static_cast<size_t>(rows));
   z.resize(static_cast<size_t>(rows * p));
-  project_centred(pb.directions, x, rows, d, z.data(), cn_all.data());
+  project_centred(directions, x, rows, d, z.data(), cn_all.data());
   for (int64_t i = 0; i < rows; ++i) {
     const double cn = cn_all[i];
-    double zn = 0.0, fn = 0.0, coarse_zn = 0.0;
-    for (int j = 0; j < p; ++j) {
-      if (j == pb.coarse) {
-        coarse_zn = zn;
-        proj_sq[i] = static_cast<float>(fn);
-      }
-      const double v = z[i * p + j];
-      const float f = static_cast<float>(v);
-      proj[i * p + j] = f;
-      zn += v * v;
-      fn += double(f) * double(f);
-    }
-    if (pb.coarse == p) {
-      coarse_zn = zn;
-      proj_sq[i] = static_cast<float>(fn);
-    }
-    resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - coarse_zn)));
-    if (fine_resid != nullptr)
-      fine_resid[i] = static_cast<float>(std::sqrt(std::max(0.0, cn - zn)));
+    for (int j = 0; j < p; ++j) proj[i * p + j] = static_cast<float>(z[i * p + j]);
+    fill_level(full, r0 + i, z.data() + i * p, proj + i * p, cn);
+    if (coarse.dims < p) fill_level(coarse, r0 + i, z.data() + i * p, proj + i * p, cn);
     slack[i] = static_cast<float>(kSlackPer128 * std::max(1.0, p / 128.0) * cn);
   }
 }
@@ -102,13 +109,15 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int coarse
   const int64_t m = bank.dim(0), d = bank.dim(1);
   ProjectionBound pb;
   pb.p = p;
-  pb.coarse = coarse > 0 && coarse < p ? coarse : p;
   pb.directions = principal_directions(bank.ptr(), m, d, p, threads);
   if (pb.directions.p != p) return std::nullopt;
   pb.proj.resize(static_cast<size_t>(m * p));
-  pb.proj_sq.resize(static_cast<size_t>(m));
-  pb.resid.resize(static_cast<size_t>(m));
-  if (pb.coarse < p) pb.fine_resid.resize(static_cast<size_t>(m));
+  resize_level(pb.full, p, m);
+  if (coarse > 0 && coarse < p) {
+    resize_level(pb.coarse, coarse, m);
+  } else {
+    pb.coarse.dims = p;
+  }
   pb.slack.resize(static_cast<size_t>(m));
   constexpr int64_t kBlock = 256;
   const int64_t blocks = (m + kBlock - 1) / kBlock;
@@ -120,10 +129,8 @@ std::optional<ProjectionBound> build_bound(const Tensor& bank, int p, int coarse
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kBlock, rows = std::min(kBlock, m - r0);
-      project_rows(pb, bank.row(r0), rows, d, cn, z, pb.proj.data() + r0 * p,
-                   pb.proj_sq.data() + r0, pb.resid.data() + r0,
-                   pb.fine_resid.empty() ? nullptr : pb.fine_resid.data() + r0,
-                   pb.slack.data() + r0);
+      project_rows(pb.directions, bank.row(r0), rows, d, cn, z, pb.proj.data() + r0 * p, pb.full,
+                   pb.coarse, pb.slack.data() + r0, r0);
     }
   }
   return pb;
@@ -147,13 +154,12 @@ float projected_sq_distance(const float* a, const float* b, int p) {
   return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
 }
 
-// The coarse bound of every bank row for one query (c: its cross terms). A loop of its own, on
+// One level's bound of every bank row for one query (c: its cross terms). A loop of its own, on
 // unaliased pointers, so that it vectorises.
-void coarse_bounds(const ProjectionBound& pb, const float* __restrict c, float qs, float qr,
-                   float qsl, float* __restrict bound, int64_t m) {
-  const float* __restrict resid = pb.resid.data();
-  const float* __restrict proj_sq = pb.proj_sq.data();
-  const float* __restrict slack = pb.slack.data();
+void level_bounds(const BoundLevel& level, const float* __restrict slack, const float* __restrict c,
+                  float qs, float qr, float qsl, float* __restrict bound, int64_t m) {
+  const float* __restrict resid = level.resid.data();
+  const float* __restrict proj_sq = level.sq.data();
   for (int64_t j = 0; j < m; ++j) {
     const float dr = qr - resid[j];
     bound[j] = qs + proj_sq[j] - 2.0f * c[j] + dr * dr - (qsl + slack[j]);
@@ -218,52 +224,77 @@ struct NearestNeighbors::Impl {
   std::vector<float> norms;  // ||b||^2 per bank row, computed once instead of per search
   std::optional<ProjectionBound> bound;
   mutable std::atomic<int64_t> queries{0}, measured{0};
+  // The coarse stage, while it pays (see search_bounded): off for good once the rows it lets
+  // through cost more full bounds than its smaller cross term saves.
+  mutable std::atomic<bool> coarse_on{true};
+  mutable std::atomic<int64_t> coarse_queries{0}, coarse_passed{0};
 
   void search_bounded(const float* queries, int64_t n, int k, float* sq_dist, int64_t* index) const;
 };
 
 // Queries go in blocks whose bound matrix [block, M] stays in cache (about 4 MB); each block is
-// one thread's: projection (dgemm), cross term (sgemm, on the coarse directions), then per
-// query a pass for the k rows with the smallest bounds (measured exactly to set the threshold)
-// and a pass measuring every other row whose bound, coarse then fine, does not exceed the k-th
-// best distance found so far. The fine bound costs p multiply-adds, the exact distance D. BLAS
-// inside the parallel loop runs single-threaded (the OpenMP build of OpenBLAS, which scripts/setup
-// installs, does so inside a parallel region), so nothing is oversubscribed.
+// one thread's: projection (dgemm), cross term (sgemm), then per query a pass for the k rows
+// with the smallest bounds (measured exactly to set the threshold) and a pass measuring every
+// other row whose bound does not exceed the k-th best distance found so far. BLAS inside the
+// parallel loop runs single-threaded (the OpenMP build of OpenBLAS, which scripts/setup installs,
+// does so inside a parallel region), so nothing is oversubscribed.
+//
+// With the coarse stage the cross term covers the leading coarse.dims directions only, and a
+// row that passes the coarse bound gets the full one (p multiply-adds on its projection) before
+// being measured. That pays while the rows passing it are few: on magnetic_tile's bank (9,726
+// rows) 31 per query passed 32 directions and the search took 7.0-7.2 s per 100 images against
+// 9.6-10.9 s without; on hei_med's with the default floor (10,000 rows from 48 images, a loose
+// bound) 884 passed and it took 10.1-11.3 s against 8.3-9.0. One full bound there cost 184 ns,
+// 40 times a multiply-add of the cross term's GEMM per multiply-add (0.034 ns), hence the rule:
+// after kCoarseSample queries, the stage stays on while the rows passing it per query stay below
+// M (p - coarse) / (40 p), the count at which the two costs meet. Either way the answer is the
+// same (both bounds are exact lower bounds); only the time differs.
+constexpr int64_t kCoarseSample = 1000;
+constexpr double kFullBoundCost = 40;  // per multiply-add, relative to the cross term's GEMM
+
 void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, float* sq_dist,
                                             int64_t* index) const {
   const ProjectionBound& pb = *bound;
   const int64_t m = bank.dim(0), d = bank.dim(1);
   const int p = pb.p;
+  const bool coarse = pb.coarse.dims < p && coarse_on.load();
+  const BoundLevel& first = coarse ? pb.coarse : pb.full;
   const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / m, 8, 256);
   const int64_t blocks = (n + block - 1) / block;
   const int team =
       static_cast<int>(std::min<int64_t>(threads > 0 ? threads : omp_get_max_threads(), blocks));
-  std::atomic<int64_t> total_measured{0};
+  std::atomic<int64_t> total_measured{0}, total_passed{0};
 #pragma omp parallel num_threads(team)
   {
     std::vector<double> cn, z;
-    std::vector<float> qproj(static_cast<size_t>(block * p)), qsq(static_cast<size_t>(block)),
-        qres(static_cast<size_t>(block)), qfine(static_cast<size_t>(block)),
-        qslack(static_cast<size_t>(block));
-    const bool two_bounds = pb.coarse < p;
+    std::vector<float> qproj(static_cast<size_t>(block * p)), qslack(static_cast<size_t>(block));
+    BoundLevel qfull, qcoarse;
+    resize_level(qfull, p, block);
+    if (pb.coarse.dims < p) {
+      resize_level(qcoarse, pb.coarse.dims, block);
+    } else {
+      qcoarse.dims = p;
+    }
+    const BoundLevel& qfirst = coarse ? qcoarse : qfull;
     std::vector<float> cross(static_cast<size_t>(block * m)), bound_row(static_cast<size_t>(m));
     BestK seeds(k), best(k);
-    int64_t my_measured = 0;
+    int64_t my_measured = 0, my_passed = 0;
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t q0 = b * block, rows = std::min(block, n - q0);
-      project_rows(pb, q + q0 * d, rows, d, cn, z, qproj.data(), qsq.data(), qres.data(),
-                   two_bounds ? qfine.data() : nullptr, qslack.data());
-      // Column-major view: cross^T [m, rows] = proj [m, :coarse] * qproj^T [:coarse, rows].
-      const int mm = static_cast<int>(m), nn = static_cast<int>(rows), kk = pb.coarse, ld = p;
+      project_rows(pb.directions, q + q0 * d, rows, d, cn, z, qproj.data(), qfull, qcoarse,
+                   qslack.data(), 0);
+      // Column-major view: cross^T [m, rows] = proj [m, :dims] * qproj^T [:dims, rows].
+      const int mm = static_cast<int>(m), nn = static_cast<int>(rows), kk = first.dims, ld = p;
       const float one = 1.0f, zero = 0.0f;
       sgemm_("T", "N", &mm, &nn, &kk, &one, pb.proj.data(), &ld, qproj.data(), &ld, &zero,
              cross.data(), &mm);
       for (int64_t i = 0; i < rows; ++i) {
         const float* query = q + (q0 + i) * d;
         const float* c = cross.data() + i * m;
-        const float qs = qsq[i], qr = qres[i], qsl = qslack[i];
-        coarse_bounds(pb, c, qs, qr, qsl, bound_row.data(), m);
+        const float qsl = qslack[i];
+        level_bounds(first, pb.slack.data(), c, qfirst.sq[i], qfirst.resid[i], qsl,
+                     bound_row.data(), m);
         // The k smallest bounds seed the threshold (measured, then kept out of the next pass).
         seeds.clear();
         if (k == 1) {
@@ -292,11 +323,12 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
           if (below == 0) continue;
           for (int64_t j = j0; j < j1; ++j) {
             if (!(bound_row[j] <= threshold)) continue;
-            if (two_bounds) {
-              const float dr = qfine[i] - pb.fine_resid[j];
-              const float fine = projected_sq_distance(zq, pb.proj.data() + j * p, p) + dr * dr -
+            if (coarse) {
+              ++my_passed;
+              const float dr = qfull.resid[i] - pb.full.resid[j];
+              const float full = projected_sq_distance(zq, pb.proj.data() + j * p, p) + dr * dr -
                                  (qsl + pb.slack[j]);
-              if (!(fine <= threshold)) continue;
+              if (!(full <= threshold)) continue;
             }
             best.offer(squared_distance(query, bank.row(j), d), j);
             threshold = next_float_up(best.worst());
@@ -311,9 +343,18 @@ void NearestNeighbors::Impl::search_bounded(const float* q, int64_t n, int k, fl
       }
     }
     total_measured += my_measured;
+    total_passed += my_passed;
   }
   queries += n;
   measured += total_measured.load();
+  if (coarse) {
+    const int64_t seen = coarse_queries += n;
+    const int64_t passed = coarse_passed += total_passed.load();
+    const double break_even = static_cast<double>(m) * (p - pb.coarse.dims) / (kFullBoundCost * p);
+    if (seen >= kCoarseSample && static_cast<double>(passed) > break_even * seen) {
+      coarse_on = false;
+    }
+  }
 }
 
 // The bank is searched with faiss::knn_L2sqr, the function faiss::IndexFlatL2::search runs
@@ -349,6 +390,9 @@ const Tensor& NearestNeighbors::bank() const { return impl_->bank; }
 int64_t NearestNeighbors::size() const { return impl_->bank.dim(0); }
 int64_t NearestNeighbors::dim() const { return impl_->bank.dim(1); }
 bool NearestNeighbors::bounded() const { return impl_->bound.has_value(); }
+bool NearestNeighbors::coarse_stage() const {
+  return impl_->bound && impl_->bound->coarse.dims < impl_->bound->p && impl_->coarse_on.load();
+}
 void NearestNeighbors::set_threads(int threads) { impl_->threads = threads; }
 double NearestNeighbors::exact_per_query() const {
   const int64_t q = impl_->queries.load();

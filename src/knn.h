@@ -20,10 +20,10 @@ struct KnnOptions {
   int64_t min_rows = 2048;
   /// When 0 < coarse_dim < proj_dim, the bound of every row is first taken on the leading
   /// coarse_dim directions only (a cross term of K = coarse_dim, the search's largest cost at
-  /// K = 128), and the full bound is computed only for the rows that bound does not rule out.
-  /// On the magnetic_tile bank (9,726 x 1,056) 83, 29 and 11 rows per query pass the final
-  /// threshold on 16, 32 and 64 directions (4.5 on 128); predicting 100 images took the same
-  /// time with the three within the noise, and 20 % less than without the coarse stage.
+  /// K = 128), and the full bound is computed only for the rows that bound does not rule out;
+  /// searches stop doing so once too many rows get through (see coarse_stage()). On the
+  /// magnetic_tile bank (9,726 x 1,056), 100 images' searches took 7.0-7.2 s (summed over
+  /// threads) on 32 leading directions, 7.0-7.6 on 64, 7.4-8.6 on 16 and 9.6-10.9 without.
   int coarse_dim = 32;
 };
 
@@ -59,6 +59,11 @@ class NearestNeighbors {
   void set_threads(int threads);
   /// Whether search() uses the projection bound (see KnnOptions).
   bool bounded() const;
+  /// Whether later searches take the coarse bound first (KnnOptions::coarse_dim). It starts on
+  /// and goes off for good once, over at least 1,000 queries, more rows per query pass it than
+  /// the time its smaller cross term saves would pay for in full bounds (M (p - coarse) /
+  /// (40 p), from measured costs). It never changes an answer, only the time.
+  bool coarse_stage() const;
   /// Bank rows measured exactly per query, averaged over every bounded search so far (0 before
   /// any); for benchmarks.
   double exact_per_query() const;

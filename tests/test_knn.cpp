@@ -270,6 +270,27 @@ TEST(Knn, BoundedSearchIgnoresThreadsAndBatches) {
   }
 }
 
+// The coarse stage stays while few rows get through it (rows with a few strong directions) and
+// goes once many do (isotropic rows); the answers are the brute force's before and after.
+TEST(Knn, CoarseStageOnlyWhileItPays) {
+  const Tensor structured = feature_like(3000, 256, 90);
+  Tensor isotropic = random_matrix(3000, 256, 92);
+  for (float& v : isotropic.data) v += 10.0f;
+  for (const Tensor* bank : {&structured, static_cast<const Tensor*>(&isotropic)}) {
+    const bool tight = bank == &structured;
+    const Tensor q = tight ? feature_like(1100, 256, 91) : random_matrix(1100, 256, 93);
+    NearestNeighbors nn(*bank, KnnOptions{2, 64, 0, 32});
+    EXPECT_TRUE(nn.coarse_stage());
+    Tensor first({500, 256});
+    std::copy_n(q.data.begin(), first.numel(), first.data.begin());
+    expect_identical(run(nn, first, 2), run_reference(*bank, first, 2));
+    EXPECT_TRUE(nn.coarse_stage()) << "decided on fewer than 1,000 queries";
+    expect_identical(run(nn, q, 2), run_reference(*bank, q, 2));
+    EXPECT_EQ(nn.coarse_stage(), tight);
+    expect_identical(run(nn, q, 2), run_reference(*bank, q, 2));  // without it, if it went
+  }
+}
+
 TEST(Knn, BoundOnlyWhereItCanPay) {
   const Tensor bank = feature_like(3000, 256, 70);
   EXPECT_TRUE(NearestNeighbors(bank, KnnOptions{1, 64, 2048}).bounded());

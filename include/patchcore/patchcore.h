@@ -85,7 +85,8 @@ enum class Resize {
 enum class BackboneEngine {
   automatic,  ///< gemm when it implements every operator and the graph has no depthwise
               ///< convolutions (OpenCV runs those faster), else opencv
-  gemm,       ///< this project's interpreter: each convolution one BLAS sgemm (the faster)
+  gemm,       ///< this project's interpreter: convolutions as BLAS sgemm blocks (3 x 3 ones by
+              ///< Winograd), a batch one image per thread (the faster)
   opencv,     ///< OpenCV DNN
 };
 
@@ -140,7 +141,10 @@ struct Params {
   /// program with OMP_WAIT_POLICY=passive when other processes share the cores (the CLI sets
   /// it for itself): spinning idle threads slowed two concurrent runs several-fold.
   int threads = 0;
-  int batch_size = 8;                                 ///< images per backbone call
+  /// Images per backbone call. With the gemm engine, as many images as threads at a time run
+  /// one per thread (each thread then holds one image's maps), the rest with each layer shared
+  /// out: a multiple of the thread count uses the cores best.
+  int batch_size = 8;
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
 };
 

@@ -507,8 +507,9 @@ TEST(Image, StandardizeLeavesThePadAloneAndFlatImagesFinite) {
   for (int c = 0; c < 3; ++c)
     for (int y = 0; y < 20; ++y)
       for (int x = 0; x < 20; ++x)
-        if (!r.contains(cv::Point(x, y)))
+        if (!r.contains(cv::Point(x, y))) {
           ASSERT_NEAR(got[static_cast<size_t>(c * 400 + y * 20 + x)], 0.0f, 0.02f) << "pad";
+        }
   // Inside: ImageNet's statistics, i.e. mean 0 and spread 1 after the imagenet normalisation.
   for (int c = 0; c < 3; ++c) {
     double s = 0, ss = 0;

@@ -352,6 +352,8 @@ double Model::knn_exact_per_patch() const {
   return impl_->nn && impl_->nn->bounded() ? impl_->nn->exact_per_query() : 0.0;
 }
 
+bool Model::knn_coarse_stage() const { return impl_->nn && impl_->nn->coarse_stage(); }
+
 void Model::set_threads(int threads) {
   if (threads < 0) throw_usage("--threads must be >= 0");
   impl_->params.threads = threads;

@@ -120,6 +120,7 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
     EXPECT_LE(exact, static_cast<double>(rows));
   } else {
     EXPECT_EQ(exact, 0.0);
+    EXPECT_FALSE(p["knn_coarse_stage"].get<bool>());
   }
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
 }

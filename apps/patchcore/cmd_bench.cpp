@@ -215,6 +215,7 @@ void add_bench(CLI::App& app) {
       pj["knn_gflops"] = flops / knn->second.first / 1e9;
       pj["knn_search"] = model.knn_exact_per_patch() > 0 ? "bounded" : "brute force";
       pj["knn_exact_rows_per_patch"] = model.knn_exact_per_patch();
+      pj["knn_coarse_stage"] = model.knn_coarse_stage();
     }
     const double flops = model.backbone_flops_per_image();
     for (json* phase : {&out["fit"], &pj}) {

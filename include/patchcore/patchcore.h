@@ -208,6 +208,9 @@ class Model {
   /// far; 0 when the search is brute force (small banks) or before any prediction. For
   /// benchmarks: the rest of the bank was ruled out by a lower bound.
   double knn_exact_per_patch() const;
+  /// Whether the bounded search still takes its coarse bound first (it turns that off where
+  /// too many bank rows pass it); false for brute force. For benchmarks.
+  bool knn_coarse_stage() const;
   /// Sets the thread count for later predictions (0: all cores).
   void set_threads(int threads);
   /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).

@@ -242,13 +242,13 @@ struct NearestNeighbors::Impl {
 // With the coarse stage the cross term covers the leading coarse.dims directions only, and a
 // row that passes the coarse bound gets the full one (p multiply-adds on its projection) before
 // being measured. That pays while the rows passing it are few: on magnetic_tile's bank (9,726
-// rows) 31 per query passed 32 directions and the search took 7.0-7.2 s per 100 images against
-// 9.6-10.9 s without; on hei_med's with the default floor (10,000 rows from 48 images, a loose
-// bound) 884 passed and it took 10.1-11.3 s against 8.3-9.0. One full bound there cost 184 ns,
-// 40 times a multiply-add of the cross term's GEMM per multiply-add (0.034 ns), hence the rule:
-// after kCoarseSample queries, the stage stays on while the rows passing it per query stay below
-// M (p - coarse) / (40 p), the count at which the two costs meet. Either way the answer is the
-// same (both bounds are exact lower bounds); only the time differs.
+// rows) 31 per query passed 32 directions and the searches of 100 images took 7.0-7.2 s (summed
+// over threads) against 9.6-10.9 s without; on hei_med's with the default floor (10,000 rows
+// from 48 images, a loose bound) 884 passed and 60 images took 10.1-11.3 s against 8.3-9.0. A
+// full bound cost 184 ns there, 1.4 ns per multiply-add, 40 times the cross term's GEMM (0.034
+// ns per multiply-add), hence the rule: after kCoarseSample queries, the stage stays on while
+// the rows passing it per query stay below M (p - coarse) / (40 p), where the two costs meet.
+// Either way the answer is the same (both bounds are exact lower bounds); only the time differs.
 constexpr int64_t kCoarseSample = 1000;
 constexpr double kFullBoundCost = 40;  // per multiply-add, relative to the cross term's GEMM
 

@@ -40,8 +40,9 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
 /// The GEMM engine (gemm_backbone.cpp): an interpreter for the operators the built-in and
 /// imported backbones use (Conv, Relu, Clip, Add, Mul by a constant, Concat along channels,
 /// MaxPool, AveragePool, constant Pad, BatchNormalization, Identity), every convolution
-/// single-threaded BLAS sgemm calls on blocks of its im2col matrix shared out to the OpenMP
-/// threads, one image at a time. Only the nodes the layers depend on
+/// single-threaded BLAS sgemm calls on blocks of its im2col matrix (3 x 3 ones of stride 1 with
+/// 16 or more channels: of Winograd's transformed tiles) shared out to the OpenMP threads; a
+/// batch runs one image per thread as far as it divides. Only the nodes the layers depend on
 /// are read. Outputs equal OpenCV's to float rounding (tested to 1e-5 relative) and do not
 /// depend on the thread count or the batch. threads <= 0: the caller's OpenMP count. Throws
 /// Error(bad_input) when the graph does not parse, lacks a layer, or uses an operator or

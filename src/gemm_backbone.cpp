@@ -622,6 +622,21 @@ constexpr int64_t kMinBlockColumns = 128;
 constexpr int64_t kMinBlockChannels = 32;
 constexpr int64_t kMinTasks = 4;
 
+// Blocks of `items` (columns or tiles) of `floats_per_item` each: about `budget` floats a
+// block, but no block under `min_items`.
+int64_t item_blocks(int64_t items, int64_t floats_per_item, int64_t budget, int64_t min_items) {
+  return std::max<int64_t>(
+      1, std::min((items * floats_per_item + budget - 1) / budget, items / min_items));
+}
+
+// Blocks of `channels` output channels, so that `item_blocks` blocks make kMinTasks tasks, none
+// under kMinBlockChannels channels.
+int64_t channel_blocks(int64_t item_blocks, int64_t channels) {
+  if (item_blocks >= kMinTasks) return 1;
+  return std::clamp<int64_t>((kMinTasks + item_blocks - 1) / item_blocks, 1,
+                             std::max<int64_t>(1, channels / kMinBlockChannels));
+}
+
 // Tiles are cut like the im2col matrix's columns, by the layer only: the transformed inputs of
 // a block take at most 512 KB (the L2 cache here; at 147 x 147 and 71 x 71, 512-640 KB blocks
 // took 10-15 % less time than 64 KB or 1-2 MB ones), and small maps have their output channels
@@ -631,15 +646,9 @@ constexpr int64_t kMinBlockTiles = 32;
 
 void winograd_conv(const WinogradConv& w, const Blob& x, Blob& y) {
   const int64_t tiles = winograd_tiles(y.h, y.w);
-  const int64_t tile_blocks = std::max<int64_t>(
-      1,
-      std::min((tiles * kWinogradPoints * w.cin + kWinogradBlockFloats - 1) / kWinogradBlockFloats,
-               tiles / kMinBlockTiles));
-  const int64_t chan_blocks =
-      tile_blocks >= kMinTasks
-          ? 1
-          : std::clamp<int64_t>((kMinTasks + tile_blocks - 1) / tile_blocks, 1,
-                                std::max<int64_t>(1, w.cout / kMinBlockChannels));
+  const int64_t tile_blocks =
+      item_blocks(tiles, kWinogradPoints * w.cin, kWinogradBlockFloats, kMinBlockTiles);
+  const int64_t chan_blocks = channel_blocks(tile_blocks, w.cout);
   parallel(tile_blocks * chan_blocks, [&](int64_t t) {
     const int64_t tb = t / chan_blocks, hb = t % chan_blocks;
     const int64_t t0 = tb * tiles / tile_blocks, t1 = (tb + 1) * tiles / tile_blocks;
@@ -666,13 +675,8 @@ void conv(const Op& op, const Blob& x, Blob& y, std::vector<float>& shared_col) 
   const bool direct = op.kh == 1 && op.kw == 1 && op.sh == 1 && op.sw == 1 && op.pt == 0 &&
                       op.pl == 0 && op.pb == 0 && op.pr == 0;
   PATCHCORE_ASSERT(k * std::max<int64_t>(n, 1) < std::numeric_limits<int>::max());
-  const int64_t col_blocks = std::max<int64_t>(
-      1, std::min((n * k + kColumnBlockFloats - 1) / kColumnBlockFloats, n / kMinBlockColumns));
-  const int64_t chan_blocks =
-      col_blocks >= kMinTasks
-          ? 1
-          : std::clamp<int64_t>((kMinTasks + col_blocks - 1) / col_blocks, 1,
-                                std::max<int64_t>(1, cout_g / kMinBlockChannels));
+  const int64_t col_blocks = item_blocks(n, k, kColumnBlockFloats, kMinBlockColumns);
+  const int64_t chan_blocks = channel_blocks(col_blocks, cout_g);
   for (int64_t g = 0; g < op.group; ++g) {
     const int64_t cin0 = g * op.cin_per_group;
     const int64_t cout0 = g * cout_g;

@@ -28,9 +28,10 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// them, or 0..N-1 in order when ratio >= 1 or min_picks >= N (no selection); empty when N == 0.
 /// Deterministic for a given seed and input, whatever the thread count. Lazy: runs of consecutive
 /// rows are brought up to date with the picks they missed only when they could hold the next pick,
-/// and picks the triangle inequality proves irrelevant to a whole run are skipped; the picks stay
-/// exactly those of greedy_coreset_reference(). Threads serve the projection and the set-up; the
-/// pick loop runs on the calling thread (its updates are too small to share). Throws Error(usage)
+/// and a row skips the picks that a bound along the 16 principal directions proves too far; the
+/// picks stay exactly those of greedy_coreset_reference(). Threads share the projection, the
+/// set-up and the updates; `progress` is called on the calling thread, and an exception it throws
+/// stops the search and reaches the caller. Throws Error(usage)
 /// for ratio <= 0, min_picks < 0, proj_dim or start_points < 1, a non-2-D tensor, or features with
 /// NaN, infinity or |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,

@@ -7,6 +7,8 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "coreset.h"
@@ -288,6 +290,43 @@ TEST(Coreset, ProgressCountsUpToTotal) {
   EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
   EXPECT_EQ(std::adjacent_find(done.begin(), done.end()), done.end());
   EXPECT_EQ(picks.size(), 300u);
+}
+
+TEST(Coreset, ProgressOnOneThreadAndFromTheCaller) {
+  // With several threads sharing the updates, the callback still runs on the calling thread.
+  const Tensor x = random_matrix(6000, 40, 25);
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(::testing::Message() << "threads=" << threads);
+    const auto caller = std::this_thread::get_id();
+    std::vector<int64_t> done;
+    bool elsewhere = false;
+    greedy_coreset(x, params(0.05, 128, 0, threads), [&](int64_t d, int64_t) {
+      done.push_back(d);
+      elsewhere = elsewhere || std::this_thread::get_id() != caller;
+    });
+    EXPECT_FALSE(elsewhere);
+    ASSERT_FALSE(done.empty());
+    EXPECT_EQ(done.back(), 300);
+    EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
+    EXPECT_EQ(std::adjacent_find(done.begin(), done.end()), done.end());
+  }
+}
+
+TEST(Coreset, AnExceptionFromProgressStopsTheSearch) {
+  // A callback may throw to cancel (a user closing the window): it must reach the caller, not
+  // terminate the process from inside the threads.
+  const Tensor x = random_matrix(6000, 40, 26);
+  for (int threads : {1, 2}) {
+    int64_t last = 0;
+    EXPECT_THROW(greedy_coreset(x, params(0.05, 128, 0, threads),
+                                [&](int64_t d, int64_t) {
+                                  last = d;
+                                  if (d >= 30) throw std::runtime_error("cancelled");
+                                }),
+                 std::runtime_error);
+    EXPECT_GE(last, 30);
+    EXPECT_LT(last, 300);
+  }
 }
 
 TEST(Coreset, RejectsBadParameters) {

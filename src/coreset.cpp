@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -305,7 +306,7 @@ __attribute__((target_clones("avx2", "default"))) float min_sq_distance(
 // (|x - mean|^2 + |c - mean|^2) of the exact value, so subtracting 4e-6 of the sum and a slack
 // of 1e-5 |y|^2 + 1e-12 |x - mean|^2 per row keeps it a lower bound.
 struct SubspaceBound {
-  static constexpr int kDim = 16;
+  static constexpr int kDim = kCoresetSubspaceDim;
   std::vector<float> coords;  // [n, kDim]
   std::vector<float> slack;   // 1e-5 |y|^2 + 1e-12 |x - mean|^2 per row
   bool empty() const { return coords.empty(); }
@@ -354,24 +355,61 @@ inline float float_at_least(double v) {
 // Writes to out the picks (of a tile of `count`, coordinates transposed [kDim, 64]) whose
 // subspace lower bound, less the pick's slack, is below `threshold` (which holds the row's
 // minimum and the row's slack); returns how many. The factor 1 - 5e-6 covers the float sum
-// (4e-6) and the rounding of this arithmetic (1e-6, many ulps). Across picks, so it vectorises.
-__attribute__((target_clones("avx2", "default"))) int subspace_filter(
-    const float* row, const float* tile_coords, const float* tile_slack, const int64_t* kept,
-    int count, float threshold, int64_t* out) {
-  constexpr int kTile = 64;
-  alignas(32) float acc[kTile] = {};
+// (4e-6; fused multiply-adds round less, not more) and the rounding of this arithmetic (1e-6,
+// many ulps). Across picks, so it vectorises; the tests are gathered as bytes and read 8 at a
+// time, since few picks pass (about 6 % on CNN features) and a branch per pick cost as much as
+// the sums.
+
+template <bool kFused>
+__attribute__((always_inline)) inline int subspace_filter_body(const float* row,
+                                                               const float* tile_coords,
+                                                               const float* tile_slack,
+                                                               const int64_t* kept, int count,
+                                                               float threshold, int64_t* out) {
+  alignas(32) float acc[kCoresetFilterTile] = {};
   for (int l = 0; l < SubspaceBound::kDim; ++l) {
     const float y = row[l];
-    const float* c = tile_coords + l * kTile;
-    for (int m = 0; m < kTile; ++m) {
+    const float* c = tile_coords + l * kCoresetFilterTile;
+    for (int m = 0; m < kCoresetFilterTile; ++m) {
       const float t = y - c[m];
-      acc[m] += t * t;
+      if constexpr (kFused)
+        acc[m] = __builtin_fmaf(t, t, acc[m]);
+      else
+        acc[m] += t * t;
     }
   }
+  alignas(32) uint8_t pass[kCoresetFilterTile];
+  for (int m = 0; m < kCoresetFilterTile; ++m)
+    pass[m] = acc[m] * (1.0f - 5e-6f) - tile_slack[m] < threshold ? 1 : 0;
   int n = 0;
-  for (int m = 0; m < count; ++m)
-    if (acc[m] * (1.0f - 5e-6f) - tile_slack[m] < threshold) out[n++] = kept[m];
+  for (int g = 0; g * 8 < count; ++g) {
+    uint64_t bytes;
+    std::memcpy(&bytes, pass + g * 8, 8);
+    if (count - g * 8 < 8) bytes &= (uint64_t{1} << (8 * (count - g * 8))) - 1;
+    for (; bytes != 0; bytes &= bytes - 1) out[n++] = kept[g * 8 + __builtin_ctzll(bytes) / 8];
+  }
   return n;
+}
+
+__attribute__((target("avx2,fma"))) int subspace_filter_fma(const float* row,
+                                                            const float* tile_coords,
+                                                            const float* tile_slack,
+                                                            const int64_t* kept, int count,
+                                                            float threshold, int64_t* out) {
+  return subspace_filter_body<true>(row, tile_coords, tile_slack, kept, count, threshold, out);
+}
+
+int subspace_filter_plain(const float* row, const float* tile_coords, const float* tile_slack,
+                          const int64_t* kept, int count, float threshold, int64_t* out) {
+  return subspace_filter_body<false>(row, tile_coords, tile_slack, kept, count, threshold, out);
+}
+
+// The same for every call: FMA where the CPU has it.
+int subspace_filter(const float* row, const float* tile_coords, const float* tile_slack,
+                    const int64_t* kept, int count, float threshold, int64_t* out) {
+  static const bool fused = coreset_fma_available();
+  return fused ? subspace_filter_fma(row, tile_coords, tile_slack, kept, count, threshold, out)
+               : subspace_filter_plain(row, tile_coords, tile_slack, kept, count, threshold, out);
 }
 
 // The fast path: lazy greedy. Rows come in runs of kRun consecutive rows (neighbouring patches
@@ -443,12 +481,12 @@ std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams&
   // Brings run r up to date with picks done[r] .. t - 1: picks in tiles that stay in cache,
   // each row read once per tile. Touches only run r's minima and done[r].
   const auto update = [&](int64_t r, int64_t t) {
-    constexpr int kTile = 64;
+    constexpr int kTile = kCoresetFilterTile;
     const int64_t begin = r * kRun;
     const int64_t end = std::min(n, begin + kRun);
     int64_t kept[kTile];
     alignas(32) float tile_coords[q * kTile] = {};  // the tile's coordinates, transposed
-    alignas(32) float tile_slack[kTile];
+    alignas(32) float tile_slack[kTile] = {};
     for (int64_t c0 = done[r]; c0 < t; c0 += kTile) {
       const int count = static_cast<int>(std::min<int64_t>(kTile, t - c0));
       std::iota(kept, kept + count, c0);
@@ -550,6 +588,19 @@ std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams&
   if (failure) std::rethrow_exception(failure);
   if (progress && reported != total) progress(total, total);
   return picks;
+}
+
+bool coreset_fma_available() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int coreset_subspace_filter(const float* row, const float* tile_coords, const float* tile_slack,
+                            const int64_t* kept, int count, float threshold, int64_t* out,
+                            bool fused) {
+  PATCHCORE_ASSERT(count >= 0 && count <= kCoresetFilterTile);
+  PATCHCORE_ASSERT(!fused || coreset_fma_available());
+  return fused ? subspace_filter_fma(row, tile_coords, tile_slack, kept, count, threshold, out)
+               : subspace_filter_plain(row, tile_coords, tile_slack, kept, count, threshold, out);
 }
 
 std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const CoresetParams& p) {

@@ -61,4 +61,18 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
 /// near FLT_MIN), the bound the fast path's skipping relies on.
 float coreset_sq_distance(const float* a, const float* b, int64_t d);
 
+/// The search's cheap test, exposed so that tests can hold both kernels to a double yardstick.
+/// row: a row's coordinates along the 16 leading principal directions; tile_coords: those of
+/// 64 picks, transposed [16, 64]; tile_slack: 64 finite per-pick slacks (entries from `count` on
+/// are ignored). Writes to out, in order, kept[m] for each m < count with
+/// sum_l fl(row[l] - tile_coords[l * 64 + m])^2 (1 - 5e-6) - tile_slack[m] < threshold, the sum
+/// rounded in float; returns how many. `fused`: FMA (needs coreset_fma_available()), else
+/// multiply and add.
+constexpr int kCoresetSubspaceDim = 16;
+constexpr int kCoresetFilterTile = 64;
+int coreset_subspace_filter(const float* row, const float* tile_coords, const float* tile_slack,
+                            const int64_t* kept, int count, float threshold, int64_t* out,
+                            bool fused);
+bool coreset_fma_available();
+
 }  // namespace patchcore

@@ -413,6 +413,66 @@ TEST(CoresetDistance, WithinItsErrorBound) {
 }
 
 // Not run by default (--gtest_also_run_disabled_tests): the numbers in the report.
+TEST(CoresetFilter, BothKernelsKeepExactlyThePicksTheDoubleBoundKeeps) {
+  // Each kernel against the bound in double: a pick well below the threshold must be kept, one
+  // well above dropped; only picks within 1e-5 of it may go either way. Entries past `count`
+  // would all pass, so reading them would show.
+  constexpr int q = kCoresetSubspaceDim, tile = kCoresetFilterTile;
+  std::mt19937 rng(31);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<bool> kernels = {false};
+  if (coreset_fma_available()) kernels.push_back(true);
+  int kept_total = 0, dropped_total = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int count = trial % 5 == 0 ? 1 + trial % tile : tile;
+    const float scale = std::pow(10.0f, static_cast<float>(trial % 7) - 3.0f);
+    std::vector<float> row(q), coords(q * tile), slack(tile);
+    for (float& v : row) v = scale * g(rng);
+    for (float& v : coords) v = scale * g(rng);
+    for (float& v : slack) v = 0.01f * scale * scale * u(rng);
+    std::vector<int64_t> kept(tile);
+    for (int m = 0; m < tile; ++m) kept[m] = 1000 + 3 * m;
+    std::vector<double> bound(tile);
+    for (int m = 0; m < tile; ++m) {
+      double sum = 0;
+      for (int l = 0; l < q; ++l) {
+        const double t = double(row[l]) - double(coords[l * tile + m]);
+        sum += t * t;
+      }
+      bound[m] = sum - slack[m];
+    }
+    for (int m = count; m < tile; ++m) slack[m] = 1e30f;  // would pass, if read
+    std::vector<double> sorted(bound.begin(), bound.begin() + count);
+    std::sort(sorted.begin(), sorted.end());
+    const float threshold = static_cast<float>(sorted[sorted.size() / 2]) * 1.001f + 1e-30f;
+    for (bool fused : kernels) {
+      SCOPED_TRACE(::testing::Message() << "trial " << trial << " fused " << fused);
+      std::vector<int64_t> out(tile, -1);
+      const int n = coreset_subspace_filter(row.data(), coords.data(), slack.data(), kept.data(),
+                                            count, threshold, out.data(), fused);
+      ASSERT_GE(n, 0);
+      ASSERT_LE(n, count);
+      EXPECT_TRUE(std::is_sorted(out.begin(), out.begin() + n));
+      std::set<int64_t> got(out.begin(), out.begin() + n);
+      EXPECT_EQ(got.size(), static_cast<size_t>(n));
+      for (int m = 0; m < count; ++m) {
+        const double margin = 1e-5 * (std::fabs(threshold) + bound[m] + slack[m]);
+        if (bound[m] < threshold - margin) {
+          EXPECT_TRUE(got.count(kept[m])) << "m=" << m;
+          ++kept_total;
+        } else if (bound[m] > threshold + margin) {
+          EXPECT_FALSE(got.count(kept[m])) << "m=" << m;
+          ++dropped_total;
+        }
+      }
+      for (int m = count; m < tile; ++m) EXPECT_FALSE(got.count(kept[m])) << "past count, m=" << m;
+    }
+  }
+  EXPECT_GT(kept_total, 5000);  // both outcomes were exercised many times
+  EXPECT_GT(dropped_total, 5000);
+}
+
 TEST(Coreset, DISABLED_Benchmark) {
   for (int64_t n : {int64_t{200000}}) {  // synthetic clusters, 1 % picks
     const Tensor x = clustered(n, 128, 77);

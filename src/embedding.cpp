@@ -209,7 +209,30 @@ int embedding_dim(const std::vector<int64_t>& channels, const EmbeddingParams& p
   return static_cast<int>(d);
 }
 
+EmbeddingLayout embedding_layout(const std::vector<Tensor>& features, const EmbeddingParams& p) {
+  check_params(p);
+  const std::vector<Shape> shapes = check_features(features);
+  std::vector<int64_t> channels;
+  for (const Shape& s : shapes) channels.push_back(s.c);
+  EmbeddingLayout layout;
+  layout.rows = shapes[0].n * shapes[0].h * shapes[0].w;
+  layout.dim = embedding_dim(channels, p);
+  layout.grid_h = static_cast<int>(shapes[0].h);
+  layout.grid_w = static_cast<int>(shapes[0].w);
+  return layout;
+}
+
 Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p) {
+  const EmbeddingLayout layout = embedding_layout(features, p);
+  Embedding result;
+  result.grid_h = layout.grid_h;
+  result.grid_w = layout.grid_w;
+  result.patches = Tensor({layout.rows, layout.dim});
+  embed_into(features, p, result.patches.ptr());
+  return result;
+}
+
+void embed_into(const std::vector<Tensor>& features, const EmbeddingParams& p, float* out) {
   check_params(p);
   const std::vector<Shape> shapes = check_features(features);
   std::vector<int64_t> channels;
@@ -235,11 +258,6 @@ Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p) {
   else
     plan_concat(plans, p, D);
 
-  Embedding result;
-  result.grid_h = static_cast<int>(H);
-  result.grid_w = static_cast<int>(W);
-  result.patches = Tensor({N * HW, D});
-  float* out = result.patches.ptr();
 
   // Work unit: one image and a block of output channels, computed as planes (so the shifted
   // accumulations vectorise) and then transposed into the row-major patch matrix.
@@ -284,7 +302,6 @@ Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p) {
       }
     }
   }
-  return result;
 }
 
 Embedding embed_reference(const std::vector<Tensor>& features, const EmbeddingParams& p) {

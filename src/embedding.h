@@ -43,6 +43,19 @@ int embedding_dim(const std::vector<int64_t>& channels, const EmbeddingParams& p
 /// thread count (omp_get_max_threads()), over images and blocks of output channels.
 Embedding embed(const std::vector<Tensor>& features, const EmbeddingParams& p);
 
+/// Where embed() puts its result: rows (N * h * w) of dim floats, on a grid_h x grid_w grid.
+struct EmbeddingLayout {
+  int64_t rows = 0;
+  int64_t dim = 0;
+  int grid_h = 0;
+  int grid_w = 0;
+};
+EmbeddingLayout embedding_layout(const std::vector<Tensor>& features, const EmbeddingParams& p);
+
+/// embed() into the caller's memory: out holds embedding_layout().rows * dim floats (a slice of
+/// the memory bank during fit, which saves a copy and a fresh buffer per batch).
+void embed_into(const std::vector<Tensor>& features, const EmbeddingParams& p, float* out);
+
 /// The same, computed literally (explicit neighbourhoods, resize, then pooling): slow, the
 /// yardstick for embed() in tests.
 Embedding embed_reference(const std::vector<Tensor>& features, const EmbeddingParams& p);

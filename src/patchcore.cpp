@@ -238,8 +238,11 @@ struct Model::Impl {
 
   // Loads, pre-processes and embeds a batch. Unreadable images are logged and left out; `ok`
   // receives the positions (in paths) of the images that made it.
-  Embedding embed_batch(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
-                        std::vector<cv::Size>& sizes, const Callbacks& cb) const {
+  // Decodes the readable images among `paths` (their indices in ok, their sizes in sizes; the
+  // others are logged and skipped) and runs the backbone on them: one map per layer, or none
+  // when no image could be read.
+  std::vector<Tensor> extract(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
+                              std::vector<cv::Size>& sizes, const Callbacks& cb) const {
     const Preprocess pre = preprocess();
     const int s = pre.input_size();
     const int64_t plane = 3LL * s * s;
@@ -281,16 +284,20 @@ struct Model::Impl {
       preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
-    std::vector<Tensor> features;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      Backbone& b = net();  // built outside the timer: a one-off cost
-      StageTimer t(cb, "backbone", n_ok);
-      features = b.forward(batch);
-    }
+    std::lock_guard<std::mutex> lock(mutex);
+    Backbone& b = net();  // built outside the timer: a one-off cost
+    StageTimer t(cb, "backbone", n_ok);
+    return b.forward(batch);
+  }
+
+  // extract(), then the patch embedding.
+  Embedding embed_batch(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
+                        std::vector<cv::Size>& sizes, const Callbacks& cb) const {
+    const std::vector<Tensor> features = extract(paths, ok, sizes, cb);
+    if (ok.empty()) return {};
     Embedding e;
     {
-      StageTimer t(cb, "embedding", n_ok);
+      StageTimer t(cb, "embedding", static_cast<int64_t>(ok.size()));
       e = embed(features, embedding_params());
     }
     if (bank.numel() > 0 && e.patches.dim(1) != bank.dim(1))
@@ -481,18 +488,27 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
     std::vector<fs::path> batch(images.begin() + start, images.begin() + std::min(n, start + bs));
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
-    Embedding e = m.embed_batch(batch, ok, sizes, cb);
+    const std::vector<Tensor> maps = m.extract(batch, ok, sizes, cb);
     if (!ok.empty()) {
+      const EmbeddingLayout layout = embedding_layout(maps, m.embedding_params());
       if (dim == 0) {
-        dim = e.patches.dim(1);
-        m.grid_h = e.grid_h;
-        m.grid_w = e.grid_w;
+        dim = layout.dim;
+        m.grid_h = layout.grid_h;
+        m.grid_w = layout.grid_w;
         rows_per_image = static_cast<int64_t>(m.grid_h) * m.grid_w;
         check_memory(static_cast<double>(rows_per_image) * dim * 4.0 * static_cast<double>(n),
                      params.coreset_dim, rows_per_image * static_cast<int64_t>(n));
         all.reserve(static_cast<size_t>(rows_per_image * dim) * n);
       }
-      all.insert(all.end(), e.patches.data.begin(), e.patches.data.end());
+      PATCHCORE_ASSERT(layout.dim == dim && layout.rows == rows_per_image * std::ssize(ok));
+      // Straight into the bank: no batch-sized buffer (a fresh 40 MB mapping per batch, each
+      // page faulted in) and no copy.
+      const size_t filled = all.size();
+      all.resize(filled + static_cast<size_t>(layout.rows * dim));
+      {
+        StageTimer t(cb, "embedding", std::ssize(ok));
+        embed_into(maps, m.embedding_params(), all.data() + filled);
+      }
       for (size_t j : ok) row_held.push_back(held[start + j] ? 1 : 0);
       n_ok += static_cast<int64_t>(ok.size());
     }

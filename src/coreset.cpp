@@ -95,10 +95,16 @@ struct Points {
   int64_t dim = 0;
 };
 
-void check_params(const Tensor& features, const CoresetParams& p) {
+MatrixView view_of(const Tensor& features) {
   if (features.shape.size() != 2) throw_usage("coreset: features must be a 2-D [rows, dim] tensor");
-  if (features.dim(1) < 1) throw_usage("coreset: features have dimension 0");
   PATCHCORE_ASSERT(features.numel() == features.dim(0) * features.dim(1));
+  return {features.ptr(), features.dim(0), features.dim(1)};
+}
+
+void check_params(MatrixView features, const CoresetParams& p) {
+  if (features.rows < 0) throw_usage("coreset: negative row count");
+  if (features.cols < 1) throw_usage("coreset: features have dimension 0");
+  PATCHCORE_ASSERT(features.data != nullptr || features.rows == 0);
   if (!(p.ratio > 0.0))
     throw_usage("coreset: ratio must be > 0 (got " + std::to_string(p.ratio) + ")");
   if (p.min_picks < 0)
@@ -110,17 +116,20 @@ void check_params(const Tensor& features, const CoresetParams& p) {
     throw_usage("coreset: start_points must be >= 1 (got " + std::to_string(p.start_points) + ")");
 }
 
-Points prepare_points(const Tensor& features, const CoresetParams& p, int threads) {
+Tensor project_rows(MatrixView features, const std::vector<float>& matrix, int proj_dim,
+                    int threads);
+
+Points prepare_points(MatrixView features, const CoresetParams& p, int threads) {
   Points pts;
-  pts.n = features.dim(0);
-  if (features.dim(1) > p.proj_dim) {
-    const auto matrix = coreset_projection_matrix(features.dim(1), p.proj_dim, p.seed);
-    pts.projected = coreset_project(features, matrix, p.proj_dim, threads);
+  pts.n = features.rows;
+  if (features.cols > p.proj_dim) {
+    const auto matrix = coreset_projection_matrix(features.cols, p.proj_dim, p.seed);
+    pts.projected = project_rows(features, matrix, p.proj_dim, threads);
     pts.data = pts.projected.ptr();
     pts.dim = p.proj_dim;
   } else {
-    pts.data = features.ptr();
-    pts.dim = features.dim(1);
+    pts.data = features.data;
+    pts.dim = features.cols;
   }
   // Bounded values keep every squared distance finite (|v| <= 1e17 and d <= 2^20 give sums
   // far below FLT_MAX), which the comparisons and the skip bounds rely on.
@@ -194,9 +203,18 @@ std::vector<float> coreset_projection_matrix(int64_t d, int proj_dim, uint64_t s
 
 Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix, int proj_dim,
                        int threads) {
-  PATCHCORE_ASSERT(features.shape.size() == 2 && proj_dim >= 1);
-  const int64_t n = features.dim(0);
-  const int64_t d = features.dim(1);
+  PATCHCORE_ASSERT(features.shape.size() == 2);
+  return project_rows({features.ptr(), features.dim(0), features.dim(1)}, matrix, proj_dim,
+                      threads);
+}
+
+namespace {
+
+Tensor project_rows(MatrixView features, const std::vector<float>& matrix, int proj_dim,
+                    int threads) {
+  PATCHCORE_ASSERT(proj_dim >= 1);
+  const int64_t n = features.rows;
+  const int64_t d = features.cols;
   PATCHCORE_ASSERT(static_cast<int64_t>(matrix.size()) == d * proj_dim);
   Tensor out({n, proj_dim});
   // Fixed chunks of rows, one single-threaded sgemm each: which thread runs a chunk cannot
@@ -213,11 +231,13 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
     const int m = proj_dim, rows = static_cast<int>(std::min(kChunk, n - r0)),
               k = static_cast<int>(d);
     const float one = 1.0f, zero = 0.0f;
-    sgemm_("N", "N", &m, &rows, &k, &one, matrix.data(), &m, features.ptr() + r0 * d, &k, &zero,
+    sgemm_("N", "N", &m, &rows, &k, &one, matrix.data(), &m, features.data + r0 * d, &k, &zero,
            out.ptr() + r0 * proj_dim, &m);
   }
   return out;
 }
+
+}  // namespace
 
 // AVX2 and the default clone give the same bits: 16 independent lanes, each the same IEEE
 // sub, mul and add in the same order, and the same tree.
@@ -436,8 +456,13 @@ int subspace_filter(const float* row, const float* tile_coords, const float* til
 // per pair, and cost about 15 % of the loop.)
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress) {
+  return greedy_coreset(view_of(features), p, progress);
+}
+
+std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
+                                    const CoresetProgress& progress) {
   check_params(features, p);
-  const int64_t n = features.dim(0);
+  const int64_t n = features.rows;
   if (n == 0) return {};
   if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
   const int threads = resolve_threads(p.threads);
@@ -603,9 +628,10 @@ int coreset_subspace_filter(const float* row, const float* tile_coords, const fl
                : subspace_filter_plain(row, tile_coords, tile_slack, kept, count, threshold, out);
 }
 
-std::vector<int64_t> greedy_coreset_reference(const Tensor& features, const CoresetParams& p) {
+std::vector<int64_t> greedy_coreset_reference(const Tensor& tensor, const CoresetParams& p) {
+  const MatrixView features = view_of(tensor);
   check_params(features, p);
-  const int64_t n = features.dim(0);
+  const int64_t n = features.rows;
   if (n == 0) return {};
   if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
   const int threads = resolve_threads(p.threads);

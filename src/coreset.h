@@ -36,6 +36,9 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// NaN, infinity or |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress = {});
+/// The same on rows held elsewhere (fit's memory bank).
+std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
+                                    const CoresetProgress& progress = {});
 
 /// The plain algorithm, single-threaded (apart from the shared set-up), one full pass per pick:
 /// the yardstick for greedy_coreset() in tests (the picks must be identical). Both run on the

@@ -258,7 +258,6 @@ void embed_into(const std::vector<Tensor>& features, const EmbeddingParams& p, f
   else
     plan_concat(plans, p, D);
 
-
   // Work unit: one image and a block of output channels, computed as planes (so the shifted
   // accumulations vectorise) and then transposed into the row-major patch matrix.
   constexpr int64_t kBlock = 16;

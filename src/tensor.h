@@ -27,4 +27,13 @@ struct Tensor {
   const float* row(int64_t i) const { return data.data() + i * shape.at(1); }
 };
 
+/// A read-only view of a row-major [rows, cols] matrix held elsewhere: a 2-D Tensor, or a plain
+/// buffer such as fit's memory bank (allocated without zeroing, see Model::fit).
+struct MatrixView {
+  const float* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const float* row(int64_t i) const { return data + i * cols; }
+};
+
 }  // namespace patchcore

@@ -236,11 +236,9 @@ struct Model::Impl {
     return *backbone;
   }
 
-  // Loads, pre-processes and embeds a batch. Unreadable images are logged and left out; `ok`
-  // receives the positions (in paths) of the images that made it.
-  // Decodes the readable images among `paths` (their indices in ok, their sizes in sizes; the
-  // others are logged and skipped) and runs the backbone on them: one map per layer, or none
-  // when no image could be read.
+  // Loads and pre-processes a batch and runs the backbone: one map per layer. Unreadable images
+  // are logged and left out; `ok` receives the positions (in paths) of the images that made it,
+  // `sizes` their sizes. No maps when no image could be read.
   std::vector<Tensor> extract(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
                               std::vector<cv::Size>& sizes, const Callbacks& cb) const {
     const Preprocess pre = preprocess();
@@ -290,7 +288,7 @@ struct Model::Impl {
     return b.forward(batch);
   }
 
-  // extract(), then the patch embedding.
+  // extract(), then the patch embedding of the images in `ok`.
   Embedding embed_batch(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
                         std::vector<cv::Size>& sizes, const Callbacks& cb) const {
     const std::vector<Tensor> features = extract(paths, ok, sizes, cb);

@@ -104,6 +104,34 @@ TEST_F(ModelTest, FitIsReproducibleForASeed) {
   EXPECT_DOUBLE_EQ(a.calibration().image_threshold, b.calibration().image_threshold);
 }
 
+TEST_F(ModelTest, FitSkipsUnreadableTrainingImagesInAnyBatch) {
+  // Unreadable files in the first, a middle and the last batch (of 3): the bank, filled batch
+  // by batch, must hold exactly the readable images' patches, as if the others were never
+  // listed. Without held-out images nothing else depends on the list.
+  params_.holdout_fraction = 0;
+  params_.batch_size = 3;
+  std::vector<fs::path> with_bad = train_;
+  for (int at : {0, 7, static_cast<int>(with_bad.size())}) {
+    const fs::path bad = tmp_ / ("bad" + std::to_string(at) + ".png");
+    patchcore::testing::write_bytes(bad, "\x89PNG\r\n truncated");
+    with_bad.insert(with_bad.begin() + at, bad);
+  }
+  std::vector<std::string> logs;
+  patchcore::Callbacks cb;
+  cb.log = [&](patchcore::LogLevel, const std::string& m) { logs.push_back(m); };
+  const patchcore::Model a = patchcore::Model::fit(with_bad, params_, cb);
+  const patchcore::Model b = patchcore::Model::fit(train_, params_);
+  EXPECT_EQ(std::count_if(logs.begin(), logs.end(),
+                          [](const std::string& m) { return m.find("bad") != std::string::npos; }),
+            3);
+  for (const auto& sample : data_.test) {
+    const patchcore::Prediction pa = a.predict(sample.image), pb = b.predict(sample.image);
+    EXPECT_EQ(pa.score, pb.score) << sample.image;
+    EXPECT_EQ(pa.map.values, pb.map.values) << sample.image;
+  }
+  EXPECT_EQ(a.calibration().image_threshold, b.calibration().image_threshold);
+}
+
 TEST_F(ModelTest, BatchPredictionSkipsUnreadableImagesAndReportsThem) {
   patchcore::Model model = patchcore::Model::fit(train_, params_);
   const fs::path bad = tmp_ / "bad.jpg";

@@ -540,6 +540,8 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
   const bool any_held =
       std::any_of(row_held.begin(), row_held.end(), [](uint8_t h) { return h != 0; });
   if (any_held && !sub_rows.empty()) {
+    StageTimer timer(cb, "holdout",
+                     std::count(row_held.begin(), row_held.end(), static_cast<uint8_t>(1)));
     Tensor sub({static_cast<int64_t>(sub_rows.size()), dim});
     for (size_t i = 0; i < sub_rows.size(); ++i)
       std::copy_n(features.row(sub_rows[i]), dim, sub.row(static_cast<int64_t>(i)));

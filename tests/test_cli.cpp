@@ -103,8 +103,9 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
   // auto: MobileNetV2's depthwise convolutions are OpenCV's strength
   EXPECT_EQ(j["backbone"]["engine"], "opencv");
   EXPECT_EQ(j["fit"]["images"].get<int>(), 16);
-  for (const char* stage : {"decode", "backbone", "embedding", "coreset"})
+  for (const char* stage : {"decode", "backbone", "embedding", "coreset", "holdout"})
     EXPECT_GE(j["fit"]["stages"][stage]["seconds"].get<double>(), 0.0) << stage;
+  EXPECT_EQ(j["fit"]["stages"]["holdout"]["items"].get<int>(), 2);  // 10 % of 16, rounded
   const auto& p = j["predict"];
   EXPECT_EQ(p["images"].get<int>(), 3);
   for (const char* stage : {"decode", "backbone", "embedding", "knn", "map"})

@@ -31,9 +31,9 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// and a row skips the picks that a bound along the 16 principal directions proves too far; the
 /// picks stay exactly those of greedy_coreset_reference(). Threads share the projection, the
 /// set-up and the updates; `progress` is called on the calling thread, and an exception it throws
-/// stops the search and reaches the caller. Throws Error(usage)
-/// for ratio <= 0, min_picks < 0, proj_dim or start_points < 1, a non-2-D tensor, or features with
-/// NaN, infinity or |value| > 1e17 after projection.
+/// stops the search and reaches the caller. Throws Error(usage) for ratio <= 0, min_picks < 0,
+/// proj_dim or start_points < 1, a non-2-D tensor, or features with NaN, infinity or
+/// |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress = {});
 /// The same on rows held elsewhere (fit's memory bank).

@@ -292,7 +292,7 @@ TEST(Coreset, ProgressCountsUpToTotal) {
   EXPECT_EQ(picks.size(), 300u);
 }
 
-TEST(Coreset, ProgressOnOneThreadAndFromTheCaller) {
+TEST(Coreset, ProgressIsCalledOnTheCallingThread) {
   // With several threads sharing the updates, the callback still runs on the calling thread.
   const Tensor x = random_matrix(6000, 40, 25);
   for (int threads : {1, 2, 3}) {
@@ -412,7 +412,6 @@ TEST(CoresetDistance, WithinItsErrorBound) {
   EXPECT_EQ(coreset_sq_distance(u, v, 3), 25.0f);
 }
 
-// Not run by default (--gtest_also_run_disabled_tests): the numbers in the report.
 TEST(CoresetFilter, BothKernelsKeepExactlyThePicksTheDoubleBoundKeeps) {
   // Each kernel against the bound in double: a pick well below the threshold must be kept, one
   // well above dropped; only picks within 1e-5 of it may go either way. Entries past `count`
@@ -473,6 +472,7 @@ TEST(CoresetFilter, BothKernelsKeepExactlyThePicksTheDoubleBoundKeeps) {
   EXPECT_GT(dropped_total, 5000);
 }
 
+// Not run by default (--gtest_also_run_disabled_tests): the numbers in the report.
 TEST(Coreset, DISABLED_Benchmark) {
   for (int64_t n : {int64_t{200000}}) {  // synthetic clusters, 1 % picks
     const Tensor x = clustered(n, 128, 77);

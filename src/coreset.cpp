@@ -102,7 +102,7 @@ MatrixView view_of(const Tensor& features) {
 }
 
 void check_params(MatrixView features, const CoresetParams& p) {
-  if (features.rows < 0) throw_usage("coreset: negative row count");
+  PATCHCORE_ASSERT(features.rows >= 0);
   if (features.cols < 1) throw_usage("coreset: features have dimension 0");
   PATCHCORE_ASSERT(features.data != nullptr || features.rows == 0);
   if (!(p.ratio > 0.0))

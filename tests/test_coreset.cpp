@@ -109,8 +109,9 @@ TEST(Coreset, FastMatchesReferenceAtExtremeScales) {
 
 // Image-like rows: `images` grids of side x side patches, each patch a smooth function of its
 // position (random low-frequency waves with per-image phases), rows image by image in raster
-// order, as the memory bank stores them: consecutive rows are close, so the per-run skip of the
-// lazy search fires. `noise` adds independent jitter per value.
+// order, as the memory bank stores them: consecutive rows are close, so a run's rows are
+// covered together and the lazy search leaves whole runs stale. `noise` adds independent jitter
+// per value.
 Tensor smooth_patches(int images, int side, int64_t d, uint32_t seed, float noise) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> g(0.0f, 1.0f);
@@ -164,8 +165,8 @@ TEST(Coreset, FastMatchesReferenceOnImageLikeRows) {
 }
 
 TEST(Coreset, FastMatchesReferenceWhenRunsAreIdentical) {
-  // Runs of equal rows (reach 0) and rows equal across runs: the skip bound meets the minimum
-  // exactly, and ties between runs must still go to the lowest index.
+  // Runs of equal rows and rows equal across runs: many exactly equal minima, and ties between
+  // runs must still go to the lowest index.
   Tensor x({640, 5});
   for (int64_t i = 0; i < 640; ++i)
     for (int64_t j = 0; j < 5; ++j)
@@ -259,7 +260,7 @@ TEST(Coreset, TinyInputs) {
 
 TEST(Coreset, DeterministicAcrossRunsAndThreadCounts) {
   // 16384 x 128 projected floats: large enough for the multi-threaded set-up (projection,
-  // start distances, run reaches).
+  // start distances) and for the threads to share the updates.
   const Tensor x = clustered(16384, 160, 21);
   const auto a = greedy_coreset(x, params(0.01, 128, 5, 1));
   EXPECT_EQ(a, greedy_coreset(x, params(0.01, 128, 5, 1)));

@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <string>
@@ -77,17 +78,13 @@ Resize resize_from_string(const std::string& name) {
 
 namespace {
 
-std::vector<uint8_t> read_file_bytes(const fs::path& file) {
-  const std::string data = read_file(file);
-  if (data.empty()) throw_bad_input(file.string(), "empty file, not an image");
-  return std::vector<uint8_t>(data.begin(), data.end());  // a copy: small next to decoding
-}
+using ByteSpan = std::span<const uint8_t>;
 
-bool is_jpeg(const std::vector<uint8_t>& b) {
+bool is_jpeg(ByteSpan b) {
   return b.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF;
 }
 
-bool is_png(const std::vector<uint8_t>& b) {
+bool is_png(ByteSpan b) {
   static constexpr std::array<uint8_t, 8> sig = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
   return b.size() >= 8 && std::equal(sig.begin(), sig.end(), b.begin());
 }
@@ -95,7 +92,7 @@ bool is_png(const std::vector<uint8_t>& b) {
 // libjpeg decodes a truncated JPEG without failing (grey fill and a warning on stderr), so walk
 // the marker structure to the end-of-image marker. Segment lengths are followed, so an EOI inside
 // an EXIF thumbnail does not count; inside entropy-coded data 0xFF is always stuffed or a marker.
-bool jpeg_has_end(const std::vector<uint8_t>& b) {
+bool jpeg_has_end(ByteSpan b) {
   const size_t n = b.size();
   size_t pos = 2;  // after SOI
   while (pos < n) {
@@ -129,7 +126,7 @@ bool jpeg_has_end(const std::vector<uint8_t>& b) {
   return false;
 }
 
-bool png_has_end(const std::vector<uint8_t>& b) {
+bool png_has_end(ByteSpan b) {
   size_t pos = 8;
   while (pos + 8 <= b.size()) {
     const uint64_t len = (uint64_t{b[pos]} << 24) | (uint64_t{b[pos + 1]} << 16) |
@@ -142,28 +139,35 @@ bool png_has_end(const std::vector<uint8_t>& b) {
   return false;
 }
 
-// Decodes any supported image with its own depth and channel count.
-cv::Mat decode(const fs::path& file) {
-  const std::vector<uint8_t> bytes = read_file_bytes(file);
+// Decodes any supported image with its own depth and channel count; `name` is the file or the
+// request input the bytes came from.
+cv::Mat decode(ByteSpan bytes, const std::string& name) {
+  if (bytes.empty()) throw_bad_input(name, "empty, not an image");
   if (is_jpeg(bytes) && !jpeg_has_end(bytes))
-    throw_bad_input(file.string(), "truncated JPEG (no end-of-image marker)");
-  if (is_png(bytes) && !png_has_end(bytes))
-    throw_bad_input(file.string(), "truncated PNG (no IEND chunk)");
+    throw_bad_input(name, "truncated JPEG (no end-of-image marker)");
+  if (is_png(bytes) && !png_has_end(bytes)) throw_bad_input(name, "truncated PNG (no IEND chunk)");
   cv::Mat img;
   try {
-    img = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
+    // imdecode only reads its input: the cast does not lead to a write.
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8U, const_cast<uint8_t*>(bytes.data()));
+    img = cv::imdecode(raw, cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception& e) {
-    throw_bad_input(file.string(), "cannot decode the image: " + e.msg);
+    throw_bad_input(name, "cannot decode the image: " + e.msg);
   }
   if (img.empty())
-    throw_bad_input(file.string(), is_jpeg(bytes) || is_png(bytes)
-                                       ? "corrupt image, cannot decode it"
-                                       : "not an image or an unsupported format");
+    throw_bad_input(name, is_jpeg(bytes) || is_png(bytes) ? "corrupt image, cannot decode it"
+                                                          : "not an image or an unsupported format");
   return img;
 }
 
+cv::Mat decode(const fs::path& file) {
+  const std::string data = read_file(file);
+  return decode(ByteSpan(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+                file.string());
+}
+
 // Any depth to 8 bits: 16-bit by /257 (65535 -> 255), float images are taken as [0, 1].
-cv::Mat to_8bit(const cv::Mat& img, const fs::path& file) {
+cv::Mat to_8bit(const cv::Mat& img, const std::string& name) {
   cv::Mat out;
   switch (img.depth()) {
     case CV_8U:
@@ -176,14 +180,13 @@ cv::Mat to_8bit(const cv::Mat& img, const fs::path& file) {
       img.convertTo(out, CV_8U, 255.0);
       return out;
     default:
-      throw_bad_input(file.string(), "unsupported pixel type (signed integer samples)");
+      throw_bad_input(name, "unsupported pixel type (signed integer samples)");
   }
 }
 
-}  // namespace
-
-cv::Mat load_rgb(const fs::path& file) {
-  const cv::Mat img = to_8bit(decode(file), file);
+// Any decoded image as CV_8UC3 RGB.
+cv::Mat to_rgb(const cv::Mat& decoded, const std::string& name) {
+  const cv::Mat img = to_8bit(decoded, name);
   cv::Mat rgb;
   switch (img.channels()) {
     case 1:
@@ -202,15 +205,79 @@ cv::Mat load_rgb(const fs::path& file) {
       cv::cvtColor(img, rgb, cv::COLOR_BGRA2RGB);
       break;
     default:
-      throw_bad_input(file.string(),
+      throw_bad_input(name,
                       "unsupported image with " + std::to_string(img.channels()) + " channels");
   }
   PATCHCORE_ASSERT(rgb.type() == CV_8UC3 && rgb.isContinuous());
   return rgb;
 }
 
+Image to_image(const cv::Mat& rgb, const std::string& name) {
+  Image out;
+  out.height = rgb.rows;
+  out.width = rgb.cols;
+  out.pixels.assign(rgb.data, rgb.data + rgb.total() * 3);
+  out.name = name;
+  return out;
+}
+
+}  // namespace
+
+cv::Mat load_rgb(const fs::path& file) { return to_rgb(decode(file), file.string()); }
+
+cv::Mat decode_rgb(const uint8_t* data, size_t size, const std::string& name,
+                   int64_t max_pixels) {
+  if (max_pixels > 0) {
+    const ImageHeader h = probe_image(data, size, name);
+    const int64_t pixels = static_cast<int64_t>(h.width) * h.height;
+    if (pixels > max_pixels)
+      throw_bad_input(name, "the " + h.format + " header claims " + std::to_string(h.width) +
+                                " x " + std::to_string(h.height) + " pixels, more than the " +
+                                std::to_string(max_pixels) + " allowed");
+  }
+  return to_rgb(decode(ByteSpan(data, size), name), name);
+}
+
+void check_view(const ImageView& v) {
+  const std::string& name = v.name.empty() ? std::string("(image in memory)") : v.name;
+  if (v.height < 1 || v.width < 1)
+    throw_bad_input(name, "empty image (" + std::to_string(v.height) + " x " +
+                              std::to_string(v.width) + ")");
+  if (v.channels != 1 && v.channels != 3 && v.channels != 4)
+    throw_bad_input(name, std::to_string(v.channels) +
+                              " channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)");
+  const int64_t row = static_cast<int64_t>(v.width) * v.channels;
+  if (v.stride != 0 && v.stride < row)
+    throw_bad_input(name, "row stride " + std::to_string(v.stride) +
+                              " is shorter than a row (" + std::to_string(row) + " bytes)");
+  if (v.data == nullptr) throw_bad_input(name, "no pixel data");
+}
+
+cv::Mat view_rgb(const ImageView& v) {
+  check_view(v);
+  const int64_t stride = v.stride == 0 ? static_cast<int64_t>(v.width) * v.channels : v.stride;
+  // A Mat header over the caller's rows, then a converted copy: the pixels are never written.
+  const cv::Mat wrapped(v.height, v.width, CV_8UC(v.channels), const_cast<uint8_t*>(v.data),
+                        static_cast<size_t>(stride));
+  cv::Mat rgb;
+  if (v.channels == 1)
+    cv::cvtColor(wrapped, rgb, cv::COLOR_GRAY2RGB);
+  else if (v.channels == 4)
+    cv::cvtColor(wrapped, rgb, cv::COLOR_RGBA2RGB);
+  else
+    rgb = wrapped.clone();
+  return rgb;
+}
+
+Image decode_image(const uint8_t* data, size_t size, const std::string& name,
+                   int64_t max_pixels) {
+  return to_image(decode_rgb(data, size, name, max_pixels), name);
+}
+
+Image load_image(const fs::path& file) { return to_image(load_rgb(file), file.string()); }
+
 cv::Mat load_mask(const fs::path& file, int size) {
-  const cv::Mat img = to_8bit(decode(file), file);
+  const cv::Mat img = to_8bit(decode(file), file.string());
   // A colour mask marks defects in any colour: a pixel counts when one of its channels does.
   cv::Mat grey;
   if (img.channels() == 1) {

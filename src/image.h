@@ -30,6 +30,13 @@ Resize resize_from_string(const std::string& name);
 /// the reference do). Throws Error(bad_input) naming the file when it is missing, not an image, or
 /// truncated (a JPEG without its end marker, a PNG without IEND).
 cv::Mat load_rgb(const std::filesystem::path& file);
+/// The same from encoded bytes (decode_image() of the public API), `name` in the messages.
+cv::Mat decode_rgb(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels);
+/// Throws Error(bad_input) naming the view when its size, channels, stride or data pointer are
+/// invalid.
+void check_view(const ImageView& view);
+/// The caller's pixels as a CV_8UC3 RGB copy, after check_view().
+cv::Mat view_rgb(const ImageView& view);
 
 /// Loads a ground-truth mask, resizes it (nearest) to size x size (size <= 0: keeps the file's
 /// size, e.g. to apply preprocess_mask's crop geometry) and returns CV_8UC1 0/1 (pixels >= 128

@@ -24,6 +24,7 @@
 #include "image.h"
 #include "knn.h"
 #include "model_file.h"
+#include "overlay.h"
 #include "scoring.h"
 #include "sha256.h"
 #include "threshold.h"
@@ -236,27 +237,29 @@ struct Model::Impl {
     return *backbone;
   }
 
-  // Loads and pre-processes a batch and runs the backbone: one map per layer. Unreadable images
-  // are logged and left out; `ok` receives the positions (in paths) of the images that made it,
-  // `sizes` their sizes. No maps when no image could be read.
-  std::vector<Tensor> extract(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
-                              std::vector<cv::Size>& sizes, const Callbacks& cb) const {
+  // Loads and pre-processes a batch of `count` images (load(i) decodes image i, throwing
+  // Error(bad_input) when it cannot) and runs the backbone: one map per layer. Unreadable images
+  // are logged and left out; `ok` receives the positions of the images that made it, `sizes`
+  // their sizes. No maps when no image could be read.
+  std::vector<Tensor> extract(size_t count, const std::function<cv::Mat(size_t)>& load,
+                              std::vector<size_t>& ok, std::vector<cv::Size>& sizes,
+                              const Callbacks& cb) const {
     const Preprocess pre = preprocess();
     const int s = pre.input_size();
     const int64_t plane = 3LL * s * s;
-    std::vector<cv::Mat> images(paths.size());
-    std::vector<std::string> errors(paths.size());
+    std::vector<cv::Mat> images(count);
+    std::vector<std::string> errors(count);
     ok.clear();
     sizes.clear();
-    auto decode = std::make_unique<StageTimer>(cb, "decode", static_cast<int64_t>(paths.size()));
+    auto decode = std::make_unique<StageTimer>(cb, "decode", static_cast<int64_t>(count));
     // One image per thread (large retina photographs take 10 ms each to decode). An error other
     // than a bad file is kept and thrown after the loop: exceptions must not leave an OpenMP
     // region.
-    std::vector<std::exception_ptr> failures(paths.size());
+    std::vector<std::exception_ptr> failures(count);
 #pragma omp parallel for schedule(dynamic)
-    for (size_t i = 0; i < paths.size(); ++i) {
+    for (size_t i = 0; i < count; ++i) {
       try {
-        images[i] = load_rgb(paths[i]);
+        images[i] = load(i);
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::bad_input) failures[i] = std::current_exception();
         errors[i] = e.what();
@@ -267,7 +270,7 @@ struct Model::Impl {
     for (const auto& f : failures) {
       if (f) std::rethrow_exception(f);
     }
-    for (size_t i = 0; i < paths.size(); ++i) {
+    for (size_t i = 0; i < count; ++i) {
       if (images[i].empty()) {
         log(cb, LogLevel::warning, "skipped " + errors[i]);
         continue;
@@ -289,9 +292,10 @@ struct Model::Impl {
   }
 
   // extract(), then the patch embedding of the images in `ok`.
-  Embedding embed_batch(const std::vector<fs::path>& paths, std::vector<size_t>& ok,
-                        std::vector<cv::Size>& sizes, const Callbacks& cb) const {
-    const std::vector<Tensor> features = extract(paths, ok, sizes, cb);
+  Embedding embed_batch(size_t count, const std::function<cv::Mat(size_t)>& load,
+                        std::vector<size_t>& ok, std::vector<cv::Size>& sizes,
+                        const Callbacks& cb) const {
+    const std::vector<Tensor> features = extract(count, load, ok, sizes, cb);
     if (ok.empty()) return {};
     Embedding e;
     {
@@ -327,6 +331,15 @@ struct Model::Impl {
     p.normalized_score = normalize_score(p.score, threshold, calibration);
     p.anomalous = p.score >= threshold;
   }
+
+  // Fits on n images, image i decoded by load(i) as 8-bit RGB.
+  static std::unique_ptr<Impl> fit(size_t n, const std::function<cv::Mat(size_t)>& load,
+                                   const Params& params, const Callbacks& cb);
+
+  // Batches of images, image i decoded by load(i) and named name(i).
+  std::vector<Prediction> predict(size_t count, const std::function<cv::Mat(size_t)>& load,
+                                  const std::function<std::string(size_t)>& name,
+                                  const Callbacks& cb) const;
 
   json backbone_json() const {
     return json{{"identity", backbone_identity},
@@ -379,8 +392,21 @@ std::string Model::backbone_engine() const {
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {
+  return Model(Impl::fit(
+      images.size(), [&](size_t i) { return load_rgb(images[i]); }, params, cb));
+}
+
+Model Model::fit(const std::vector<ImageView>& images, const Params& params, const Callbacks& cb) {
+  for (const ImageView& v : images) check_view(v);
+  return Model(Impl::fit(
+      images.size(), [&](size_t i) { return view_rgb(images[i]); }, params, cb));
+}
+
+std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
+                                              const std::function<cv::Mat(size_t)>& load,
+                                              const Params& params, const Callbacks& cb) {
   validate(params);
-  if (images.empty()) throw_bad_input("(training set)", "no images to fit on");
+  if (n == 0) throw_bad_input("(training set)", "no images to fit on");
   apply_threads(params.threads);
   auto impl = std::make_unique<Impl>();
   impl->params = params;
@@ -421,9 +447,9 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
     // the spread of mean brightness (automatic intensity). A decode each, a few per cent of
     // the fit; unreadable images are reported by the extraction below.
     std::vector<double> brightness;
-    for (const fs::path& f : images) {
+    for (size_t i = 0; i < n; ++i) {
       try {
-        const cv::Mat img = load_rgb(f);
+        const cv::Mat img = load(i);
         largest = std::max({largest, img.cols, img.rows});
         const cv::Scalar mean = cv::mean(img);
         brightness.push_back((mean[0] + mean[1] + mean[2]) / 3.0);
@@ -465,7 +491,6 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
   m.created_by = std::string("patchcore ") + PATCHCORE_VERSION;
 
   // Held-out images: chosen by the seed, scored against bank rows from the other images only.
-  const size_t n = images.size();
   size_t n_hold = 0;
   if (n >= 2 && params.holdout_fraction > 0)
     n_hold =
@@ -487,10 +512,10 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
   int64_t dim = 0, rows_per_image = 0, n_ok = 0;
   const size_t bs = static_cast<size_t>(params.batch_size);
   for (size_t start = 0; start < n; start += bs) {
-    std::vector<fs::path> batch(images.begin() + start, images.begin() + std::min(n, start + bs));
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
-    const std::vector<Tensor> maps = m.extract(batch, ok, sizes, cb);
+    const std::vector<Tensor> maps = m.extract(
+        std::min(n, start + bs) - start, [&](size_t i) { return load(start + i); }, ok, sizes, cb);
     if (!ok.empty()) {
       const EmbeddingLayout layout = embedding_layout(maps, m.embedding_params());
       if (dim == 0) {
@@ -580,35 +605,42 @@ Model Model::fit(const std::vector<fs::path>& images, const Params& params, cons
         "`patchcore eval --save-threshold` or `predict --threshold`");
   }
   m.nn = std::make_unique<NearestNeighbors>(m.bank, params.threads);
-  return Model(std::move(impl));
+  return impl;
+}
+
+std::vector<Prediction> Model::Impl::predict(size_t count,
+                                             const std::function<cv::Mat(size_t)>& load,
+                                             const std::function<std::string(size_t)>& name,
+                                             const Callbacks& cb) const {
+  apply_threads(params.threads);
+  std::vector<Prediction> out;
+  const size_t bs = static_cast<size_t>(params.batch_size);
+  for (size_t start = 0; start < count; start += bs) {
+    const size_t n = std::min(count, start + bs) - start;
+    std::vector<size_t> ok;
+    std::vector<cv::Size> sizes;
+    Embedding e = embed_batch(
+        n, [&](size_t i) { return load(start + i); }, ok, sizes, cb);
+    const int64_t rows = static_cast<int64_t>(e.grid_h) * e.grid_w;
+    for (size_t j = 0; j < ok.size(); ++j) {
+      Prediction p = score(*nn, e.patches.row(static_cast<int64_t>(j) * rows), cb);
+      p.path = name(start + ok[j]);
+      p.image_height = sizes[j].height;
+      p.image_width = sizes[j].width;
+      finish(p, calibration.image_threshold);
+      out.push_back(std::move(p));
+    }
+    if (cb.progress)
+      cb.progress("predict", static_cast<int64_t>(start + n), static_cast<int64_t>(count));
+  }
+  return out;
 }
 
 std::vector<Prediction> Model::predict(const std::vector<fs::path>& images,
                                        const Callbacks& cb) const {
-  const Impl& m = *impl_;
-  apply_threads(m.params.threads);
-  std::vector<Prediction> out;
-  const size_t bs = static_cast<size_t>(m.params.batch_size);
-  for (size_t start = 0; start < images.size(); start += bs) {
-    std::vector<fs::path> batch(images.begin() + start,
-                                images.begin() + std::min(images.size(), start + bs));
-    std::vector<size_t> ok;
-    std::vector<cv::Size> sizes;
-    Embedding e = m.embed_batch(batch, ok, sizes, cb);
-    const int64_t rows = static_cast<int64_t>(e.grid_h) * e.grid_w;
-    for (size_t j = 0; j < ok.size(); ++j) {
-      Prediction p = m.score(*m.nn, e.patches.row(static_cast<int64_t>(j) * rows), cb);
-      p.path = batch[ok[j]];
-      p.image_height = sizes[j].height;
-      p.image_width = sizes[j].width;
-      m.finish(p, m.calibration.image_threshold);
-      out.push_back(std::move(p));
-    }
-    if (cb.progress)
-      cb.progress("predict", static_cast<int64_t>(std::min(images.size(), start + bs)),
-                  static_cast<int64_t>(images.size()));
-  }
-  return out;
+  return impl_->predict(
+      images.size(), [&](size_t i) { return load_rgb(images[i]); },
+      [&](size_t i) { return images[i].string(); }, cb);
 }
 
 Prediction Model::predict(const fs::path& image) const {
@@ -621,6 +653,37 @@ Prediction Model::predict(const fs::path& image) const {
     throw_bad_input(image.string(), error);
   }
   return std::move(p.front());
+}
+
+std::vector<Prediction> Model::predict(const std::vector<ImageView>& images,
+                                       const Callbacks& cb) const {
+  for (const ImageView& v : images) check_view(v);
+  return impl_->predict(
+      images.size(), [&](size_t i) { return view_rgb(images[i]); },
+      [&](size_t i) { return images[i].name; }, cb);
+}
+
+Prediction Model::predict(const ImageView& image) const {
+  std::vector<Prediction> p = predict(std::vector<ImageView>{image});
+  PATCHCORE_ASSERT(p.size() == 1);  // a valid view always decodes
+  return std::move(p.front());
+}
+
+AnomalyMap Model::image_map(const Prediction& p) const {
+  if (p.map.height != map_size() || p.map.width != map_size() ||
+      p.map.values.size() != static_cast<size_t>(p.map.height) * p.map.width)
+    throw_usage("image_map: the prediction's map is not this model's (" +
+                std::to_string(p.map.height) + " x " + std::to_string(p.map.width) +
+                ", expected " + std::to_string(map_size()) + " square)");
+  if (p.image_height < 1 || p.image_width < 1)
+    throw_usage("image_map: the prediction has no image size");
+  const cv::Mat m = map_to_image(p.map, cv::Size(p.image_width, p.image_height),
+                                 impl_->preprocess());
+  AnomalyMap out;
+  out.height = m.rows;
+  out.width = m.cols;
+  out.values.assign(m.ptr<float>(), m.ptr<float>() + m.total());
+  return out;
 }
 
 void Model::save(const fs::path& file) const {

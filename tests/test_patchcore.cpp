@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "dataset.h"
 #include "patchcore/patchcore.h"
@@ -204,7 +205,135 @@ TEST_F(ModelTest, InvalidParametersAreUsageErrors) {
   p = params_;
   p.backbone = "no_such_backbone";
   EXPECT_THROW(patchcore::Model::fit(train_, p), patchcore::Error);
-  EXPECT_THROW(patchcore::Model::fit({}, params_), patchcore::Error);
+  EXPECT_THROW(patchcore::Model::fit(std::vector<fs::path>{}, params_), patchcore::Error);
 }
 
 }  // namespace
+
+namespace {
+
+// The file's pixels as the public API reads them (RGB, packed rows).
+patchcore::Image read_png(const fs::path& file) { return patchcore::load_image(file); }
+
+void expect_same_prediction(const patchcore::Prediction& a, const patchcore::Prediction& b) {
+  EXPECT_NEAR(a.score, b.score, 1e-6 * std::max(1.0, std::abs(a.score)));
+  EXPECT_NEAR(a.normalized_score, b.normalized_score, 1e-6);
+  EXPECT_EQ(a.anomalous, b.anomalous);
+  EXPECT_EQ(a.image_height, b.image_height);
+  EXPECT_EQ(a.image_width, b.image_width);
+  ASSERT_EQ(a.map.values.size(), b.map.values.size());
+  for (size_t i = 0; i < a.map.values.size(); i += 97)
+    EXPECT_NEAR(a.map.values[i], b.map.values[i], 1e-5 * std::max(1.0f, std::abs(a.map.values[i])));
+}
+
+}  // namespace
+
+TEST_F(ModelTest, PixelsInMemoryScoreAsTheirFile) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const fs::path file = data_.test.back().image;  // a defect
+  const patchcore::Prediction from_file = model.predict(file);
+  const patchcore::Image img = read_png(file);
+  ASSERT_EQ(img.pixels.size(), static_cast<size_t>(img.height) * img.width * 3);
+
+  patchcore::ImageView view = img.view();
+  view.name = "request input 0";
+  const patchcore::Prediction from_view = model.predict(view);
+  EXPECT_EQ(from_view.path, fs::path("request input 0"));
+  expect_same_prediction(from_view, from_file);
+
+  // Rows with padding between them, and RGBA with the alpha ignored.
+  std::vector<uint8_t> padded(static_cast<size_t>(img.height) * (img.width * 4 + 5), 7);
+  std::vector<uint8_t> strided(static_cast<size_t>(img.height) * (img.width * 3 + 13), 9);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x)
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t v = c < 3 ? img.pixels[(static_cast<size_t>(y) * img.width + x) * 3 + c]
+                                : static_cast<uint8_t>(x);
+        padded[static_cast<size_t>(y) * (img.width * 4 + 5) + x * 4 + c] = v;
+        if (c < 3) strided[static_cast<size_t>(y) * (img.width * 3 + 13) + x * 3 + c] = v;
+      }
+  expect_same_prediction(
+      model.predict(patchcore::ImageView{padded.data(), img.height, img.width, 4,
+                                         img.width * 4 + 5, "rgba"}),
+      from_file);
+  expect_same_prediction(
+      model.predict(patchcore::ImageView{strided.data(), img.height, img.width, 3,
+                                         img.width * 3 + 13, "strided"}),
+      from_file);
+
+  // Encoded bytes, as over a network.
+  const std::string bytes = patchcore::testing::read_bytes(file);
+  const patchcore::Image decoded = patchcore::decode_image(
+      reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "upload", 1 << 20);
+  EXPECT_EQ(decoded.pixels, img.pixels);
+  expect_same_prediction(model.predict(decoded.view()), from_file);
+
+  // A batch of views gives what single calls give, in order.
+  std::vector<patchcore::ImageView> views;
+  std::vector<patchcore::Image> images;
+  for (const auto& s : data_.test) images.push_back(read_png(s.image));
+  for (const auto& i : images) views.push_back(i.view());
+  const std::vector<patchcore::Prediction> batch = model.predict(views);
+  ASSERT_EQ(batch.size(), data_.test.size());
+  for (size_t i = 0; i < batch.size(); i += 3)
+    expect_same_prediction(batch[i], model.predict(data_.test[i].image));
+}
+
+TEST_F(ModelTest, InvalidViewsAreRefusedNamingThem) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  std::vector<uint8_t> px(64 * 64 * 3, 100);
+  auto refuse = [&](patchcore::ImageView v, const std::string& why) {
+    const std::string msg =
+        patchcore::testing::expect_bad_input_naming("input 3", [&] { model.predict(v); });
+    EXPECT_NE(msg.find(why), std::string::npos) << msg;
+  };
+  refuse({px.data(), 0, 64, 3, 0, "input 3"}, "empty image");
+  refuse({px.data(), 64, 64, 2, 0, "input 3"}, "channels");
+  refuse({px.data(), 64, 64, 3, 100, "input 3"}, "stride");
+  refuse({nullptr, 64, 64, 3, 0, "input 3"}, "no pixel data");
+  // In a batch, the invalid view is named and nothing is predicted.
+  std::vector<patchcore::ImageView> batch{{px.data(), 64, 64, 3, 0, "input 0"},
+                                          {px.data(), 64, 64, 5, 0, "input 3"}};
+  patchcore::testing::expect_bad_input_naming("input 3", [&] { model.predict(batch); });
+}
+
+TEST_F(ModelTest, ImageMapHasTheImagesSize) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const patchcore::Image img = read_png(data_.test.back().image);
+  cv::Mat wide;  // a non-square image: the map is stretched back to its own shape
+  cv::resize(cv::Mat(img.height, img.width, CV_8UC3, const_cast<uint8_t*>(img.pixels.data())),
+             wide, cv::Size(200, 90));
+  const patchcore::Prediction p = model.predict(
+      patchcore::ImageView{wide.data, wide.rows, wide.cols, 3, static_cast<int64_t>(wide.step),
+                           "wide"});
+  const patchcore::AnomalyMap m = model.image_map(p);
+  EXPECT_EQ(m.height, 90);
+  EXPECT_EQ(m.width, 200);
+  ASSERT_EQ(m.values.size(), 90u * 200u);
+  // Bilinear resampling keeps values within the S x S map's range.
+  const auto [lo, hi] = std::minmax_element(p.map.values.begin(), p.map.values.end());
+  for (float v : m.values) {
+    EXPECT_GE(v, *lo - 1e-4f);
+    EXPECT_LE(v, *hi + 1e-4f);
+  }
+  patchcore::Prediction foreign = p;
+  foreign.map.height = 7;
+  EXPECT_THROW(model.image_map(foreign), patchcore::Error);
+}
+
+TEST_F(ModelTest, FitOnPixelsInMemoryEqualsFitOnTheirFiles) {
+  std::vector<patchcore::Image> images;
+  for (const fs::path& f : train_) images.push_back(read_png(f));
+  std::vector<patchcore::ImageView> views;
+  for (const auto& i : images) views.push_back(i.view());
+  patchcore::Model from_views = patchcore::Model::fit(views, params_);
+  patchcore::Model from_files = patchcore::Model::fit(train_, params_);
+  EXPECT_EQ(from_views.calibration().image_threshold, from_files.calibration().image_threshold);
+  for (size_t i = 0; i < data_.test.size(); i += 4)
+    expect_same_prediction(from_views.predict(data_.test[i].image),
+                           from_files.predict(data_.test[i].image));
+  views[3].channels = 7;
+  views[3].name = "array 3";
+  patchcore::testing::expect_bad_input_naming("array 3",
+                                              [&] { patchcore::Model::fit(views, params_); });
+}

@@ -148,6 +148,49 @@ struct Params {
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
 };
 
+/// 8-bit pixels in memory, not owned: what a caller with a decoded image (a camera frame, a
+/// NumPy array, a network request's tensor) passes instead of a file. Channels are interleaved
+/// in RGB order (grey: one channel; RGBA: the alpha is ignored); row r starts at
+/// data + r * stride.
+struct ImageView {
+  const uint8_t* data = nullptr;
+  int height = 0;
+  int width = 0;
+  int channels = 3;    ///< 1 (grey), 3 (RGB) or 4 (RGBA)
+  int64_t stride = 0;  ///< bytes from one row to the next; 0: width * channels
+  /// Names the image in error messages and in Prediction::path ("request input 2").
+  std::string name;
+};
+
+/// A decoded image that owns its pixels: 8-bit RGB, rows packed.
+struct Image {
+  int height = 0;
+  int width = 0;
+  std::vector<uint8_t> pixels;  ///< height * width * 3 bytes
+  std::string name;
+  ImageView view() const { return ImageView{pixels.data(), height, width, 3, 0, name}; }
+};
+
+/// What the header of encoded image bytes says, read without decoding any pixel.
+struct ImageHeader {
+  std::string format;  ///< "png", "jpeg", "bmp", "tiff" or "webp"
+  int width = 0;
+  int height = 0;
+};
+
+/// Reads the size from the header of PNG, JPEG, BMP, TIFF or WebP bytes. Throws Error(bad_input)
+/// naming `name` when the bytes are none of these or the header is cut short.
+ImageHeader probe_image(const uint8_t* data, size_t size, const std::string& name);
+
+/// Decodes PNG, JPEG, BMP, TIFF or WebP bytes (as they arrive over a network) the way files are
+/// read: grey replicated, alpha dropped, 16-bit scaled to 8, truncated JPEG/PNG refused. When
+/// max_pixels > 0, an image whose header claims more pixels is refused before any pixel is
+/// decoded (a decompression bomb allocates nothing). Throws Error(bad_input) naming `name`.
+Image decode_image(const uint8_t* data, size_t size, const std::string& name,
+                   int64_t max_pixels = 0);
+/// Reads an image file as decode_image() reads bytes. Throws Error(bad_input) naming the file.
+Image load_image(const std::filesystem::path& file);
+
 /// A float image, row-major.
 struct AnomalyMap {
   int height = 0;
@@ -183,6 +226,10 @@ class Model {
   /// throws Error(bad_input) when none is left.
   static Model fit(const std::vector<std::filesystem::path>& images, const Params& params,
                    const Callbacks& callbacks = {});
+  /// Fits on images in memory (their names appear in messages). Throws Error(bad_input) naming
+  /// an invalid view before any work.
+  static Model fit(const std::vector<ImageView>& images, const Params& params,
+                   const Callbacks& callbacks = {});
   /// Throws Error(bad_input) naming the file on a missing, truncated, foreign or newer file.
   static Model load(const std::filesystem::path& file, const Callbacks& callbacks = {});
   /// Writes atomically: a temporary file in the same folder, then a rename.
@@ -193,6 +240,18 @@ class Model {
   /// Batched; an unreadable image is reported through callbacks.log and left out of the result.
   std::vector<Prediction> predict(const std::vector<std::filesystem::path>& images,
                                   const Callbacks& callbacks = {}) const;
+  /// Pixels in memory; Prediction::path is the view's name. Throws Error(bad_input) naming the
+  /// view when its size, channels, stride or data are invalid. Equals the prediction of a
+  /// lossless file holding the same pixels.
+  Prediction predict(const ImageView& image) const;
+  /// Batched, as with paths (the backbone sees the images together); one invalid view throws
+  /// before any work, naming it.
+  std::vector<Prediction> predict(const std::vector<ImageView>& images,
+                                  const Callbacks& callbacks = {}) const;
+  /// The prediction's S x S map brought back onto the original image's pixels
+  /// (image_height x image_width): resized bilinearly, in pad mode only the image's part of the
+  /// map, with a crop placed over the crop's region (elsewhere the map's minimum).
+  AnomalyMap image_map(const Prediction& prediction) const;
 
   const Params& params() const;
   const Calibration& calibration() const;
@@ -225,6 +284,7 @@ class Model {
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
+
   std::unique_ptr<Impl> impl_;
 };
 

@@ -42,6 +42,7 @@ void add_demo(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_import(CLI::App& app);
 void add_features(CLI::App& app);
+void add_serve(CLI::App& app);
 
 /// Exit code a verb asks for when it ran but could not do all of it (e.g. skipped images).
 inline int& exit_code() {

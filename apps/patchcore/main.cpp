@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   patchcore::cli::add_bench(app);
   patchcore::cli::add_import(app);
   patchcore::cli::add_features(app);
+  patchcore::cli::add_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

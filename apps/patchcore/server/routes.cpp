@@ -1,5 +1,6 @@
 #include "routes.h"
 
+#include <charconv>
 #include <nlohmann/json.hpp>
 
 #include "http_error.h"
@@ -134,6 +135,14 @@ void add_models(httplib::Server& server, Services& s) {
               guarded([&s](const auto& req, auto& res) { infer(s, req, res); }));
 }
 
+// The Content-Length the client sent (the body itself is not read when it is too large).
+size_t declared_length(const httplib::Request& req) {
+  const std::string v = req.get_header_value("Content-Length");
+  size_t n = 0;
+  std::from_chars(v.data(), v.data() + v.size(), n);
+  return n;
+}
+
 bool open_path(const std::string& path) {
   return path == "/" || path == "/v2/health/live" || path == "/v2/health/ready";
 }
@@ -157,7 +166,7 @@ void add_checks(httplib::Server& server, Services& s) {
     std::string message = "HTTP error " + std::to_string(res.status);
     if (res.status == 400) message = "malformed HTTP request";
     if (res.status == 404) message = "no endpoint " + req.method + " " + req.path;
-    if (res.status == 413 && req.body.size() <= s.options.max_body)
+    if (res.status == 413 && declared_length(req) <= s.options.max_body)
       message = "form-encoded bodies are limited to 8192 bytes: send Content-Type: "
                 "application/json (or application/octet-stream with binary data)";
     else if (res.status == 413)

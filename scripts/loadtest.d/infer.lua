@@ -1,6 +1,6 @@
 -- wrk script for scripts/loadtest: POSTs one inference request (the binary tensor data
 -- extension: JSON header, then the image as 4-byte length + bytes) until this thread has sent
--- its share of the requests, then stops; counts non-200 answers.
+-- its share of the requests (run with -t1), then says so; counts non-200 answers.
 local body_file = os.getenv("LOADTEST_BODY")
 local header_length = os.getenv("LOADTEST_HEADER_LENGTH")
 local limit = tonumber(os.getenv("LOADTEST_REQUESTS"))
@@ -18,7 +18,13 @@ local errors = 0
 function response(status, headers, body)
   answered = answered + 1
   if status ~= 200 then errors = errors + 1 end
-  if answered >= limit then wrk.thread:stop() end
+  if answered == limit then
+    wrk.thread:stop()
+    -- wrk's main thread sleeps for -d whatever the threads do: scripts/loadtest sees this file
+    -- and wakes it as Ctrl-C would.
+    local done_file = io.open(os.getenv("LOADTEST_DONE"), "w")
+    done_file:close()
+  end
 end
 
 function done(summary, latency, requests)

@@ -56,8 +56,9 @@ cv::Mat texture(int seed, int height, int width, bool defect) {
   rng.fill(small, cv::RNG::UNIFORM, 60, 200);
   cv::Mat img;
   cv::resize(small, img, cv::Size(width, height), 0, 0, cv::INTER_CUBIC);
-  if (defect) cv::rectangle(img, cv::Rect(width / 3, height / 3, width / 5, height / 5),
-                            cv::Scalar(255, 255, 255), cv::FILLED);
+  if (defect)
+    cv::rectangle(img, cv::Rect(width / 3, height / 3, width / 5, height / 5),
+                  cv::Scalar(255, 255, 255), cv::FILLED);
   return img;
 }
 
@@ -150,8 +151,9 @@ std::string b64(const std::string& bytes) {
 json base64_request(const std::vector<fs::path>& images) {
   json data = json::array();
   for (const auto& f : images) data.push_back(b64(read_bytes(f)));
-  return {{"inputs", {{{"name", "image"}, {"datatype", "BYTES"}, {"shape", {images.size()}},
-                       {"data", data}}}}};
+  return {
+      {"inputs",
+       {{{"name", "image"}, {"datatype", "BYTES"}, {"shape", {images.size()}}, {"data", data}}}}};
 }
 
 // A body of the binary tensor data extension: JSON, then each image as length + bytes.
@@ -165,7 +167,9 @@ std::pair<std::string, size_t> binary_request(const std::vector<fs::path>& image
     blob += bytes;
   }
   json header{{"inputs",
-               {{{"name", "image"}, {"datatype", "BYTES"}, {"shape", {images.size()}},
+               {{{"name", "image"},
+                 {"datatype", "BYTES"},
+                 {"shape", {images.size()}},
                  {"parameters", {{"binary_data_size", blob.size()}}}}}},
               {"outputs", outputs}};
   const std::string h = header.dump();
@@ -218,9 +222,9 @@ class Serve : public ::testing::Test {
              "mobilenet_v2", "--image-size", "96", "--coreset-ratio", "0.2", "--threads", "2"},
             dir() / "fit.txt");
     fs::copy_file(model, dir() / "models" / "b.patchcore");
-    std::istringstream lines(run_cli({"predict", "--model", model.string(), "--threads", "2",
-                                      (dir() / "test").string()},
-                                     dir() / "predict.txt"));
+    std::istringstream lines(
+        run_cli({"predict", "--model", model.string(), "--threads", "2", (dir() / "test").string()},
+                dir() / "predict.txt"));
     for (std::string line; std::getline(lines, line);) {
       const json j = json::parse(line);
       cli_[fs::path(j["path"].get<std::string>()).filename().string()] = {
@@ -350,7 +354,7 @@ TEST_F(Serve, BinaryExtensionMapsAndMask) {
     if ((values[i] >= 0.5f) != (m[i] == 1)) ++disagree;
     masked[i / (96 * 96)] += m[i] == 1;
   }
-  EXPECT_LE(disagree, 2u);  // float rounding at the threshold only
+  EXPECT_LE(disagree, 2u);          // float rounding at the threshold only
   EXPECT_GT(masked[1], masked[0]);  // the defect image has the larger mask
   for (size_t i = 0; i < two.size(); ++i)
     EXPECT_NEAR(output(j, "raw_score")["data"][i].get<double>(),
@@ -362,8 +366,11 @@ TEST_F(Serve, Uint8TensorEqualsEncodedImage) {
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   json data = json::array();
   for (int i = 0; i < rgb.rows * rgb.cols * 3; ++i) data.push_back(rgb.data[i]);
-  json req{{"inputs", {{{"name", "image"}, {"datatype", "UINT8"},
-                        {"shape", {1, rgb.rows, rgb.cols, 3}}, {"data", data}}}}};
+  json req{{"inputs",
+            {{{"name", "image"},
+              {"datatype", "UINT8"},
+              {"shape", {1, rgb.rows, rgb.cols, 3}},
+              {"data", data}}}}};
   auto c = client();
   auto r = post_json(c, "/v2/models/a/infer", req);
   ASSERT_TRUE(r);
@@ -488,9 +495,9 @@ TEST_F(Serve, FullQueueIs503) {
   for (auto& t : threads) t.join();
   EXPECT_GT(std::count(status.begin(), status.end(), 503), 0);
   EXPECT_GT(std::count(status.begin(), status.end(), 200), 0);
-  EXPECT_EQ(std::count(status.begin(), status.end(), 200) +
-                std::count(status.begin(), status.end(), 503),
-            8);
+  EXPECT_EQ(
+      std::count(status.begin(), status.end(), 200) + std::count(status.begin(), status.end(), 503),
+      8);
 }
 
 TEST_F(Serve, ApiKeyIs401WhenMissingOrWrong) {

@@ -25,10 +25,14 @@ std::string utc_now() {
 }  // namespace
 
 void write_access_log(const AccessRecord& r) {
-  nlohmann::json j{{"time", utc_now()},     {"remote", r.remote},
-                   {"method", r.method},    {"path", r.path},
-                   {"status", r.status},    {"seconds", r.seconds},
-                   {"request_bytes", r.request_bytes}, {"response_bytes", r.response_bytes}};
+  nlohmann::json j{{"time", utc_now()},
+                   {"remote", r.remote},
+                   {"method", r.method},
+                   {"path", r.path},
+                   {"status", r.status},
+                   {"seconds", r.seconds},
+                   {"request_bytes", r.request_bytes},
+                   {"response_bytes", r.response_bytes}};
   if (!r.model.empty()) j["model"] = r.model;
   // The path comes from the client: dump() escapes it, so a line can never be forged.
   const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

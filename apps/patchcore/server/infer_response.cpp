@@ -79,11 +79,11 @@ InferResponse make_infer_response(const std::string& model_name, const Model& mo
                                   const InferRequest& request,
                                   const std::vector<Prediction>& predictions) {
   const Calibration c = calibration_for(model, request);
-  json header{{"model_name", model_name},
-              {"model_version", "1"},
-              {"parameters",
-               {{"threshold", c.image_threshold}, {"pixel_threshold", c.pixel_threshold}}},
-              {"outputs", json::array()}};
+  json header{
+      {"model_name", model_name},
+      {"model_version", "1"},
+      {"parameters", {{"threshold", c.image_threshold}, {"pixel_threshold", c.pixel_threshold}}},
+      {"outputs", json::array()}};
   if (!request.id.empty()) header["id"] = request.id;
   std::vector<std::string> blobs;
   for (const OutputChoice& o : request.outputs) {

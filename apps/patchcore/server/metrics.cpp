@@ -56,7 +56,8 @@ std::string Metrics::prometheus_text(size_t queue_depth, size_t in_flight) const
   for (const auto& [key, n] : requests_)
     o << "patchcore_requests_total{model=\"" << label(key.first) << "\",code=\"" << key.second
       << "\"} " << n << "\n";
-  header(o, "patchcore_request_errors_total", "counter", "Requests answered with a 4xx or 5xx code.");
+  header(o, "patchcore_request_errors_total", "counter",
+         "Requests answered with a 4xx or 5xx code.");
   for (const auto& [key, n] : requests_)
     if (key.second >= 400)
       o << "patchcore_request_errors_total{model=\"" << label(key.first) << "\",code=\""

@@ -36,9 +36,7 @@ bool Repository::valid_name(const std::string& name) {
   return true;
 }
 
-fs::path Repository::file_of(const std::string& name) const {
-  return dir_ / (name + kExtension);
-}
+fs::path Repository::file_of(const std::string& name) const { return dir_ / (name + kExtension); }
 
 std::shared_ptr<const Model> Repository::read(const fs::path& file,
                                               const Callbacks& callbacks) const {

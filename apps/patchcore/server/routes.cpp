@@ -75,7 +75,8 @@ void infer(Services& s, const httplib::Request& req, httplib::Response& res) {
   const std::vector<Prediction> predictions = s.batcher.run(model, r.images);
   const auto t1 = std::chrono::steady_clock::now();
   InferResponse out = make_infer_response(name, *model, r, predictions);
-  s.metrics.add_stage("response_encode", seconds_since(t1), static_cast<int64_t>(predictions.size()));
+  s.metrics.add_stage("response_encode", seconds_since(t1),
+                      static_cast<int64_t>(predictions.size()));
   if (out.content_type != "application/json")
     res.set_header("Inference-Header-Content-Length", std::to_string(out.header_length));
   res.set_content(std::move(out.body), out.content_type.c_str());
@@ -85,13 +86,15 @@ json repository_index(Services& s, const httplib::Request& req) {
   bool ready_only = false;
   if (!req.body.empty()) {
     const json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) throw HttpError(400, "the body is not a JSON object");
+    if (body.is_discarded() || !body.is_object())
+      throw HttpError(400, "the body is not a JSON object");
     ready_only = body.value("ready", false);
   }
   json out = json::array();
   for (const Repository::Entry& e : s.repository.index()) {
     if (ready_only && !e.loaded) continue;
-    out.push_back({{"name", e.name}, {"version", "1"}, {"state", e.loaded ? "READY" : "UNAVAILABLE"}});
+    out.push_back(
+        {{"name", e.name}, {"version", "1"}, {"state", e.loaded ? "READY" : "UNAVAILABLE"}});
   }
   return out;
 }
@@ -131,8 +134,7 @@ void add_models(httplib::Server& server, Services& s) {
   server.Get(model + "/config", guarded([&s](const auto& req, auto& res) {
                reply_json(res, model_config(req.matches[1], *model_of(s, req)));
              }));
-  server.Post(model + "/infer",
-              guarded([&s](const auto& req, auto& res) { infer(s, req, res); }));
+  server.Post(model + "/infer", guarded([&s](const auto& req, auto& res) { infer(s, req, res); }));
 }
 
 // The Content-Length the client sent (the body itself is not read when it is too large).
@@ -156,25 +158,27 @@ void add_checks(httplib::Server& server, Services& s) {
         request_key(req.get_header_value("Authorization"), req.get_header_value("X-API-Key"));
     if (s.key->matches(key)) return httplib::Server::HandlerResponse::Unhandled;
     res.set_header("WWW-Authenticate", "Bearer");
-    reply_error(res, 401, key.empty() ? "this server needs an API key: send Authorization: Bearer <key>"
-                                      : "wrong API key");
+    reply_error(res, 401,
+                key.empty() ? "this server needs an API key: send Authorization: Bearer <key>"
+                            : "wrong API key");
     return httplib::Server::HandlerResponse::Handled;
   });
   server.set_error_handler(httplib::Server::HandlerWithResponse(
       [&s](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message = "HTTP error " + std::to_string(res.status);
-    if (res.status == 400) message = "malformed HTTP request";
-    if (res.status == 404) message = "no endpoint " + req.method + " " + req.path;
-    if (res.status == 413 && declared_length(req) <= s.options.max_body)
-      message = "form-encoded bodies are limited to 8192 bytes: send Content-Type: "
-                "application/json (or application/octet-stream with binary data)";
-    else if (res.status == 413)
-      message = "the request body exceeds the server's limit of " +
-                std::to_string(s.options.max_body) + " bytes (--max-body)";
-    reply_error(res, res.status, message);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string message = "HTTP error " + std::to_string(res.status);
+        if (res.status == 400) message = "malformed HTTP request";
+        if (res.status == 404) message = "no endpoint " + req.method + " " + req.path;
+        if (res.status == 413 && declared_length(req) <= s.options.max_body)
+          message =
+              "form-encoded bodies are limited to 8192 bytes: send Content-Type: "
+              "application/json (or application/octet-stream with binary data)";
+        else if (res.status == 413)
+          message = "the request body exceeds the server's limit of " +
+                    std::to_string(s.options.max_body) + " bytes (--max-body)";
+        reply_error(res, res.status, message);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
 }
 
 }  // namespace
@@ -186,11 +190,12 @@ RequestContext& request_context() {
 
 void add_routes(httplib::Server& server, Services& s) {
   add_checks(server, s);
-  server.Get("/", [](const auto&, auto& res) {
-    res.set_content(kPageHtml, "text/html; charset=utf-8");
-  });
+  server.Get(
+      "/", [](const auto&, auto& res) { res.set_content(kPageHtml, "text/html; charset=utf-8"); });
   server.Get("/v2/health/live", [](const auto&, auto& res) { reply_json(res, {{"live", true}}); });
-  server.Get("/v2/health/ready", [](const auto&, auto& res) { reply_json(res, {{"ready", true}}); });
+  server.Get("/v2/health/ready", [](const auto&, auto& res) {
+    reply_json(res, {{"ready", true}});
+  });
   server.Get("/v2", [](const auto&, auto& res) { reply_json(res, server_metadata()); });
   server.Get("/metrics", [&s](const auto&, auto& res) {
     res.set_content(s.metrics.prometheus_text(s.batcher.queue_depth(), s.in_flight),

@@ -25,8 +25,8 @@ void log_request(Services& s, const httplib::Request& req, const httplib::Respon
   const auto now = std::chrono::steady_clock::now();
   const double seconds = c.started ? std::chrono::duration<double>(now - c.start).count() : 0;
   s.metrics.observe_request(c.model, res.status, seconds);
-  write_access_log(AccessRecord{req.remote_addr, req.method, req.path, c.model, res.status,
-                                seconds, req.body.size(), res.body.size()});
+  write_access_log(AccessRecord{req.remote_addr, req.method, req.path, c.model, res.status, seconds,
+                                req.body.size(), res.body.size()});
   c = RequestContext{};
 }
 

@@ -11,8 +11,8 @@ namespace patchcore::serve {
 struct ServerOptions {
   std::filesystem::path models;  ///< folder of *.patchcore files, served under their stems
   std::string host = "127.0.0.1";
-  int port = 8000;  ///< 0: any free port (printed on the first line of stdout)
-  int threads = 0;  ///< engine threads; 0: all cores
+  int port = 8000;                     ///< 0: any free port (printed on the first line of stdout)
+  int threads = 0;                     ///< engine threads; 0: all cores
   std::filesystem::path api_key_file;  ///< empty: no key required
   size_t max_body = size_t{64} << 20;
   int64_t max_pixels = 50'000'000;

@@ -258,7 +258,8 @@ std::map<std::string, CliPrediction> Serve::cli_;
 
 TEST_F(Serve, HealthMetadataAndPage) {
   auto c = client();
-  for (const char* path : {"/v2/health/live", "/v2/health/ready", "/v2/models/a/ready"}) {
+  for (const char* path : {"/v2/health/live", "/v2/health/ready", "/v2/models/a/ready",
+                           "/v2/models/a/versions/1", "/v2/models/a/versions/1/ready"}) {
     auto r = c.Get(path);
     ASSERT_TRUE(r) << path;
     EXPECT_EQ(r->status, 200) << path;

@@ -131,6 +131,32 @@ MatrixView FeatureStore::projected() const {
   return {projected_.ptr(), rows_, projected_.dim(1)};
 }
 
+void FeatureStore::read_rows(const std::vector<int64_t>& rows, float* out) const {
+  const size_t bytes = static_cast<size_t>(dim_) * sizeof(float);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    PATCHCORE_ASSERT(rows[i] >= 0 && rows[i] < rows_);
+    float* dst = out + static_cast<int64_t>(i) * dim_;
+    if (!streamed()) {
+      std::copy_n(memory_.get() + rows[i] * dim_, dim_, dst);
+      continue;
+    }
+    auto* p = reinterpret_cast<char*>(dst);
+    size_t left = bytes;
+    off_t at = static_cast<off_t>(rows[i]) * static_cast<off_t>(bytes);
+    while (left > 0) {
+      const ssize_t r = ::pread(fd_, p, left, at);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0)
+        throw_bad_input(folder_.empty() ? "." : folder_.string(),
+                        std::string("cannot read the features file back: ") +
+                            (r < 0 ? std::strerror(errno) : "truncated"));
+      p += r;
+      at += r;
+      left -= static_cast<size_t>(r);
+    }
+  }
+}
+
 void FeatureStore::release(int64_t begin, int64_t end) const {
   if (!map_ || end <= begin) return;
   const int64_t page = ::sysconf(_SC_PAGESIZE);

@@ -44,6 +44,10 @@ class FeatureStore {
   /// Streamed only: the projected rows [rows, proj_dim] (the rows themselves when
   /// dim <= proj_dim).
   MatrixView projected() const;
+  /// Copies rows[i] to out + i * dim. Streamed: read from the file (pread), without touching
+  /// the mapping: reading the scattered picks through it faulted in most of the file
+  /// (read-ahead around each row), a transient RSS as large as the features.
+  void read_rows(const std::vector<int64_t>& rows, float* out) const;
   /// Streamed: drops rows [begin, end) from this process's resident pages (they stay in the
   /// file); in memory: nothing.
   void release(int64_t begin, int64_t end) const;

@@ -175,13 +175,10 @@ std::vector<bool> choose_held(size_t n, double fraction, uint64_t seed) {
   return held;
 }
 
-// Rows of the store, in the given order; a streamed store's pages are dropped afterwards.
+// Rows of the store, in the given order.
 Tensor gather_rows(const FeatureStore& store, const std::vector<int64_t>& rows) {
-  const MatrixView f = store.features();
-  Tensor out({std::ssize(rows), f.cols});
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::copy_n(f.row(rows[i]), f.cols, out.row(static_cast<int64_t>(i)));
-  store.release(0, f.rows);
+  Tensor out({std::ssize(rows), store.dim()});
+  store.read_rows(rows, out.ptr());
   return out;
 }
 
@@ -688,12 +685,13 @@ void Model::Impl::check_dim(int64_t dim) const {
 void Model::Impl::score_held(const NearestNeighbors& index, const Scan& s, const Callbacks& cb) {
   StageTimer timer(cb, "holdout",
                    std::count(s.row_held.begin(), s.row_held.end(), static_cast<uint8_t>(1)));
-  const MatrixView features = s.store->features();
+  std::vector<int64_t> rows(static_cast<size_t>(s.rows_per_image));
+  std::vector<float> patches(static_cast<size_t>(s.rows_per_image * s.store->dim()));
   for (size_t img = 0; img < s.row_held.size(); ++img) {
     if (!s.row_held[img]) continue;
-    const int64_t first = static_cast<int64_t>(img) * s.rows_per_image;
-    Prediction p = score(index, features.row(first));
-    s.store->release(first, first + s.rows_per_image);
+    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(img) * s.rows_per_image);
+    s.store->read_rows(rows, patches.data());
+    Prediction p = score(index, patches.data());
     hold_scores.push_back(static_cast<float>(p.score));
     // Every 4th pixel in each direction is plenty for a quantile and keeps memory flat.
     for (int y = 0; y < p.map.height; y += 4)
@@ -972,8 +970,11 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
     StageTimer t(cb, "coreset", features.rows);
     const Tensor bank_rows = coreset_search_rows({bank.ptr(), bank.dim(0), bank.dim(1)},
                                                  params.coreset_dim, params.seed, params.threads);
+    // A streamed store projected its rows as they arrived.
     const Tensor new_rows =
-        coreset_search_rows(features, params.coreset_dim, params.seed, params.threads);
+        s.store->streamed()
+            ? coreset_search_rows(s.store->projected(), params.coreset_dim, params.seed, 1)
+            : coreset_search_rows(features, params.coreset_dim, params.seed, params.threads);
     std::vector<float> sq(static_cast<size_t>(features.rows));
     std::vector<int64_t> nearest(static_cast<size_t>(features.rows));
     NearestNeighbors(bank_rows, params.threads)

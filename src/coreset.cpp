@@ -604,7 +604,7 @@ std::vector<int64_t> greedy_search(const Points& pts, const CoresetParams& p, in
   int in_flight = 0;
   bool stop = false;  // the progress callback threw
   std::exception_ptr failure;
-  float last_sq = 0;      // the latest pick's squared distance
+  float last_sq = 0;     // the latest pick's squared distance
   int64_t reported = 0;  // picks announced to `progress`, by the calling thread only
   const int64_t report_step = std::max<int64_t>(1, total / 1000);  // about 1,000 reports
   // Threads only pay when a pick needs several updates: on small inputs they would mostly wait.
@@ -668,8 +668,8 @@ std::vector<int64_t> greedy_search(const Points& pts, const CoresetParams& p, in
 }
 }  // namespace
 
-std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance,
-                                    float radius, int64_t max_picks, int threads) {
+std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance, float radius,
+                                    int64_t max_picks, int threads) {
   PATCHCORE_ASSERT(static_cast<int64_t>(sq_distance.size()) == rows.rows);
   const int team = resolve_threads(threads);
   const float limit = radius * radius;
@@ -682,8 +682,7 @@ std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_dist
     const float* prow = rows.row(pick);
 #pragma omp parallel for schedule(static) num_threads(team) if (rows.rows >= 4096)
     for (int64_t i = 0; i < rows.rows; ++i)
-      sq_distance[i] =
-          std::min(sq_distance[i], coreset_sq_distance(rows.row(i), prow, rows.cols));
+      sq_distance[i] = std::min(sq_distance[i], coreset_sq_distance(rows.row(i), prow, rows.cols));
   }
   return picks;
 }

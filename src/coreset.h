@@ -63,8 +63,8 @@ std::vector<int64_t> greedy_coreset_projected(MatrixView projected, const Corese
 /// `radius` and fewer than max_picks (< 0: no limit) were made; returns the picks in order.
 /// sq_distance is updated to the final minima. Plain loop, one pass per pick: updates are
 /// small next to a fit.
-std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance,
-                                    float radius, int64_t max_picks, int threads = 0);
+std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance, float radius,
+                                    int64_t max_picks, int threads = 0);
 
 /// The plain algorithm, single-threaded (apart from the shared set-up), one full pass per pick:
 /// the yardstick for greedy_coreset() in tests (the picks must be identical). Both run on the

@@ -26,8 +26,8 @@ int nameless_file(const std::filesystem::path& folder) {
   // Filesystems without O_TMPFILE: a named file, unlinked before anything is written.
   std::string name = dir + "/.patchcore-features-XXXXXX";
   fd = ::mkstemp(name.data());
-  if (fd < 0) throw_bad_input(dir, std::string("cannot create the features file: ") +
-                                       std::strerror(errno));
+  if (fd < 0)
+    throw_bad_input(dir, std::string("cannot create the features file: ") + std::strerror(errno));
   ::unlink(name.c_str());
   return fd;
 }

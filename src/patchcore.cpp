@@ -558,8 +558,9 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   const MatrixView features = s.store->features();
 
   // Memory bank: greedy coreset over every training patch.
-  const CoresetParams cp{params.coreset_ratio, params.coreset_min, params.coreset_dim,
-                         params.seed,          10,                  params.threads};
+  const CoresetParams cp{
+      params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
+      params.threads};
   std::vector<int64_t> picks;
   CoresetStats stats;
   {
@@ -632,20 +633,20 @@ Model::Impl::Scan Model::Impl::scan(size_t n, const std::function<cv::Mat(size_t
 // In memory when the features fit in params.max_memory (with the coreset's projection of them
 // and a copy, and its 16 subspace coordinates and slack per row), else streamed to disk when
 // the projected rows, the batch and the bank fit; else an error before any more work.
-std::unique_ptr<FeatureStore> Model::Impl::make_store(int64_t dim, int64_t rows_per_image,
-                                                      size_t n, const Callbacks& cb) const {
+std::unique_ptr<FeatureStore> Model::Impl::make_store(int64_t dim, int64_t rows_per_image, size_t n,
+                                                      const Callbacks& cb) const {
   const int64_t rows = rows_per_image * static_cast<int64_t>(n);
   const double pd = static_cast<double>(std::min<int64_t>(dim, params.coreset_dim));
   const double r = static_cast<double>(rows);
   const double features = r * static_cast<double>(dim) * 4.0;
   const double in_memory = features + r * (pd * 2.0 + 17.0) * 4.0;
   const double available = available_bytes();
-  const double limit = params.max_memory > 0 ? static_cast<double>(params.max_memory)
-                                             : kMemoryFraction * available;
+  const double limit =
+      params.max_memory > 0 ? static_cast<double>(params.max_memory) : kMemoryFraction * available;
   if (limit <= 0 || in_memory <= limit) return std::make_unique<FeatureStore>(rows, dim);
-  const double picks = std::clamp(std::max(std::floor(params.coreset_ratio * r),
-                                           static_cast<double>(params.coreset_min)),
-                                  1.0, r);
+  const double picks = std::clamp(
+      std::max(std::floor(params.coreset_ratio * r), static_cast<double>(params.coreset_min)), 1.0,
+      r);
   // A batch's rows and the last incomplete chunk of 1,024 carried before them.
   const double batch = (static_cast<double>(params.batch_size * rows_per_image) + 1024.0) *
                        static_cast<double>(dim) * 4.0;
@@ -820,8 +821,8 @@ void Model::save(const fs::path& file) const {
     c.metadata["coverage"] = json{{"radius", m.radius}, {"patches", m.patches}}.dump();
   if (!m.history.empty()) c.metadata["history"] = m.history.dump();
   if (!m.shard.is_null()) c.metadata["shard"] = m.shard.dump();
-  for (const auto& [key, values] : {std::pair{"holdout_scores", &m.hold_scores},
-                                    std::pair{"holdout_pixels", &m.hold_pixels}}) {
+  for (const auto& [key, values] :
+       {std::pair{"holdout_scores", &m.hold_scores}, std::pair{"holdout_pixels", &m.hold_pixels}}) {
     if (values->empty()) continue;
     Tensor t({std::ssize(*values)});
     t.data = *values;
@@ -845,8 +846,8 @@ void Model::Impl::load_growth(ModelFileContents& c, const fs::path& file) {
     if (!m.history.is_array()) throw_bad_input(file.string(), "the history is not a list");
   }
   if (c.metadata.count("shard")) m.shard = json::parse(c.metadata.at("shard"));
-  for (const auto& [key, values] : {std::pair{"holdout_scores", &m.hold_scores},
-                                    std::pair{"holdout_pixels", &m.hold_pixels}}) {
+  for (const auto& [key, values] :
+       {std::pair{"holdout_scores", &m.hold_scores}, std::pair{"holdout_pixels", &m.hold_pixels}}) {
     if (!c.f32.count(key)) continue;
     *values = std::move(c.f32.at(key).data);
     for (float v : *values)
@@ -918,7 +919,6 @@ std::string Model::info_json() const {
   return j.dump(2);
 }
 
-
 // ---- Models that grow: update, shards, merge ----
 
 std::unique_ptr<Model::Impl> Model::Impl::same_settings() const {
@@ -958,8 +958,9 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
     return h.value("action", "") == "update";
   });
   // Each update holds out its own images, by a seed of its own.
-  const std::vector<bool> held = choose_held(
-      n, params.holdout_fraction, params.seed ^ (0x75706461746500ULL + static_cast<uint64_t>(updates)));
+  const std::vector<bool> held =
+      choose_held(n, params.holdout_fraction,
+                  params.seed ^ (0x75706461746500ULL + static_cast<uint64_t>(updates)));
   const Scan s = scan(n, load, held, cb);
   const MatrixView features = s.store->features();
 
@@ -1013,8 +1014,7 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
                          {"radius", r}});
   log(cb, LogLevel::info,
       "added " + std::to_string(picks.size()) + " memory bank rows from " +
-          std::to_string(features.rows) + " new patches (now " + std::to_string(bank.dim(0)) +
-          ")");
+          std::to_string(features.rows) + " new patches (now " + std::to_string(bank.dim(0)) + ")");
   nn = std::make_unique<NearestNeighbors>(bank, params.threads);
   return std::ssize(picks);
 }
@@ -1089,8 +1089,8 @@ Model Model::merge(const std::vector<const Model*>& parts, const Callbacks& cb) 
                       "stores no patch count (written before `patchcore merge` existed): fit it "
                       "again");
     if (p.hold_scores.empty() != first.hold_scores.empty())
-      throw_bad_input(p.name(), "has held-out scores where " + first.name() +
-                                    " has none, or the reverse");
+      throw_bad_input(p.name(),
+                      "has held-out scores where " + first.name() + " has none, or the reverse");
     m.patches += p.patches;
     m.hold_scores.insert(m.hold_scores.end(), p.hold_scores.begin(), p.hold_scores.end());
     m.hold_pixels.insert(m.hold_pixels.end(), p.hold_pixels.begin(), p.hold_pixels.end());
@@ -1106,18 +1106,23 @@ Model Model::merge(const std::vector<const Model*>& parts, const Callbacks& cb) 
   // As many picks as a fit on every image would make, chosen from the union.
   const double wanted = std::max(std::floor(target.coreset_ratio * static_cast<double>(m.patches)),
                                  static_cast<double>(target.coreset_min));
-  const CoresetParams cp{1e-300,  static_cast<int64_t>(std::min(wanted, static_cast<double>(rows))),
-                         target.coreset_dim, target.seed, 10, target.threads};
+  const CoresetParams cp{1e-300,
+                         static_cast<int64_t>(std::min(wanted, static_cast<double>(rows))),
+                         target.coreset_dim,
+                         target.seed,
+                         10,
+                         target.threads};
   apply_threads(target.threads);
   std::vector<int64_t> picks;
   CoresetStats stats;
   {
     StageTimer t(cb, "coreset", rows);
-    picks = greedy_coreset(MatrixView{all.ptr(), rows, all.dim(1)}, cp,
-                           [&](int64_t done, int64_t total) {
-                             if (cb.progress) cb.progress("coreset", done, total);
-                           },
-                           &stats);
+    picks = greedy_coreset(
+        MatrixView{all.ptr(), rows, all.dim(1)}, cp,
+        [&](int64_t done, int64_t total) {
+          if (cb.progress) cb.progress("coreset", done, total);
+        },
+        &stats);
   }
   m.bank = Tensor({std::ssize(picks), all.dim(1)});
   for (size_t i = 0; i < picks.size(); ++i)

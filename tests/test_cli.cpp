@@ -137,10 +137,9 @@ TEST_F(Cli, UpdateAndMergeRefuseFoldersWithoutImagesNamingThem) {
 }
 
 TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
-  const std::vector<std::string> fit_args = {"--data",         data().string(), "--backbone",
-                                             "mobilenet_v2",   "--image-size",  "160",
-                                             "--coreset-ratio", "0.1",          "--coreset-min",
-                                             "0"};
+  const std::vector<std::string> fit_args = {
+      "--data", data().string(),   "--backbone", "mobilenet_v2",  "--image-size",
+      "160",    "--coreset-ratio", "0.1",        "--coreset-min", "0"};
   const fs::path single = local_ / "single.patchcore";
   std::vector<std::string> args = {"fit", "--out", single.string()};
   args.insert(args.end(), fit_args.begin(), fit_args.end());
@@ -151,11 +150,15 @@ TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
     script += quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore") + " fit --shard " +
               std::to_string(i) + "/3 --out " +
               quote((local_ / ("part" + std::to_string(i) + ".patchcore")).string());
-    for (const auto& a : fit_args) script += " " + quote(a);
+    for (const auto& a : fit_args) {
+      script += ' ';
+      script += quote(a);
+    }
     script += " --threads 1 2>/dev/null >/dev/null & ";
   }
   script += "wait";
-  ASSERT_EQ(std::system(("bash -c " + quote(script)).c_str()), 0);
+  const std::string command = std::string("bash -c ").append(quote(script));
+  ASSERT_EQ(std::system(command.c_str()), 0);
   const fs::path merged = local_ / "merged.patchcore";
   CmdResult r = run(local_, {"merge", (local_ / "part0.patchcore").string(),
                              (local_ / "part1.patchcore").string(),
@@ -170,16 +173,16 @@ TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
 
 TEST_F(Cli, FitBeyondMaxMemoryStreamsAndWritesTheSameModel) {
   const fs::path streamed = local_ / "streamed.patchcore";
-  CmdResult r = run(local_, {"fit", "--data", data().string(), "--out", streamed.string(),
-                             "--backbone", "mobilenet_v2", "--image-size", "160",
-                             "--coreset-ratio", "0.1", "--coreset-min", "0", "--max-memory",
-                             "12m", "--batch-size", "1"});
+  CmdResult r =
+      run(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
+                   "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
+                   "0", "--max-memory", "12m", "--batch-size", "1"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("streaming"), std::string::npos) << r.err;
   const fs::path in_memory = local_ / "memory.patchcore";
   r = run(local_, {"fit", "--data", data().string(), "--out", in_memory.string(), "--backbone",
-                   "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1",
-                   "--coreset-min", "0", "--batch-size", "1"});
+                   "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
+                   "0", "--batch-size", "1"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto a = nlohmann::json::parse(run(local_, {"info", streamed.string()}).out);
   const auto b = nlohmann::json::parse(run(local_, {"info", in_memory.string()}).out);

@@ -492,8 +492,8 @@ TEST(Coreset, SearchOnProjectedRowsPicksWhatTheFeatureSearchPicks) {
     const int64_t k = projected.dim(1);
     float last = std::numeric_limits<float>::max();
     for (size_t j = 0; j + 1 < picks.size(); ++j)
-      last = std::min(last, coreset_sq_distance(projected.row(picks.back()),
-                                                projected.row(picks[j]), k));
+      last = std::min(last,
+                      coreset_sq_distance(projected.row(picks.back()), projected.row(picks[j]), k));
     EXPECT_FLOAT_EQ(a.radius, std::sqrt(last));
     for (int64_t i = 0; i < 3000; ++i) {
       float nearest = std::numeric_limits<float>::max();
@@ -548,7 +548,9 @@ TEST(Coreset, ExtendPicksFarthestFirstUntilTheRadius) {
     EXPECT_EQ(picks, extend_reference(rows, sq, radius, -1));
     for (int64_t pick : picks) EXPECT_GE(pick, 100);
     for (float v : d) EXPECT_LE(v, radius * radius);
-    if (radius == 100.0f) EXPECT_TRUE(picks.empty());
+    if (radius == 100.0f) {
+      EXPECT_TRUE(picks.empty());
+    }
   }
   std::vector<float> d = sq;
   const auto capped = coreset_extend(view, d, 0.0f, 25, 2);

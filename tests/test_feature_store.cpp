@@ -1,11 +1,10 @@
-#include "feature_store.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <random>
 
 #include "coreset.h"
+#include "feature_store.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

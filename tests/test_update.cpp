@@ -145,13 +145,26 @@ TEST_F(GrowTest, UpdateSurvivesSaveAndLoadAndAnOlderModelNeedsARadius) {
   const fs::path old_file = tmp_ / "old.patchcore";
   patchcore::write_model_file(old_file, c);
   Model old = Model::load(old_file);
-  const std::string msg = patchcore::testing::expect_bad_input_naming(
-      old_file, [&] { old.update(train_of(b_)); });
+  const std::string msg =
+      patchcore::testing::expect_bad_input_naming(old_file, [&] { old.update(train_of(b_)); });
   EXPECT_NE(msg.find("--radius"), std::string::npos) << msg;
   patchcore::UpdateParams up;
   up.max_rows = 7;
   EXPECT_EQ(old.update(train_of(b_), up), 7);
   EXPECT_THROW(old.update(std::vector<fs::path>{}), patchcore::Error);
+}
+
+TEST_F(GrowTest, UpdateFromPixelsInMemoryEqualsUpdateFromTheirFiles) {
+  Model from_files = Model::fit(train_of(a_), params_);
+  Model from_views = Model::fit(train_of(a_), params_);
+  std::vector<patchcore::Image> images;
+  for (const auto& p : train_of(b_)) images.push_back(patchcore::load_image(p));
+  std::vector<patchcore::ImageView> views;
+  for (const auto& i : images) views.push_back(i.view());
+  const int64_t added = from_files.update(train_of(b_));
+  EXPECT_EQ(from_views.update(views), added);
+  for (const auto& s : b_.test)
+    EXPECT_EQ(from_views.predict(s.image).score, from_files.predict(s.image).score);
 }
 
 TEST_F(GrowTest, StreamedFitPicksWhatTheInMemoryFitPicks) {
@@ -172,7 +185,8 @@ TEST_F(GrowTest, StreamedFitPicksWhatTheInMemoryFitPicks) {
     return m.find("streaming") != std::string::npos;
   }));
   // Everything but the history's times.
-  auto a = nlohmann::json::parse(streamed.info_json()), b = nlohmann::json::parse(in_memory.info_json());
+  auto a = nlohmann::json::parse(streamed.info_json()),
+       b = nlohmann::json::parse(in_memory.info_json());
   a.erase("history");
   b.erase("history");
   EXPECT_EQ(a, b);

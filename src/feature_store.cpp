@@ -69,20 +69,7 @@ void FeatureStore::commit(int64_t rows) {
     return;
   }
   const int64_t carried = rows_ - projected_rows_;
-  const char* bytes = reinterpret_cast<const char*>(batch_.data() + carried * dim_);
-  size_t left = static_cast<size_t>(rows * dim_) * sizeof(float);
-  off_t at = static_cast<off_t>(rows_ * dim_) * static_cast<off_t>(sizeof(float));
-  while (left > 0) {
-    const ssize_t w = ::pwrite(fd_, bytes, left, at);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0)
-      throw_bad_input(folder_.empty() ? "." : folder_.string(),
-                      std::string("cannot write the features file: ") +
-                          (w < 0 ? std::strerror(errno) : "no space"));
-    bytes += w;
-    at += w;
-    left -= static_cast<size_t>(w);
-  }
+  transfer(true, batch_.data() + carried * dim_, rows, rows_);
   rows_ += rows;
   project_complete(rows_ / kChunk * kChunk);
 }
@@ -132,7 +119,6 @@ MatrixView FeatureStore::projected() const {
 }
 
 void FeatureStore::read_rows(const std::vector<int64_t>& rows, float* out) const {
-  const size_t bytes = static_cast<size_t>(dim_) * sizeof(float);
   for (size_t i = 0; i < rows.size(); ++i) {
     PATCHCORE_ASSERT(rows[i] >= 0 && rows[i] < rows_);
     float* dst = out + static_cast<int64_t>(i) * dim_;
@@ -140,20 +126,26 @@ void FeatureStore::read_rows(const std::vector<int64_t>& rows, float* out) const
       std::copy_n(memory_.get() + rows[i] * dim_, dim_, dst);
       continue;
     }
-    auto* p = reinterpret_cast<char*>(dst);
-    size_t left = bytes;
-    off_t at = static_cast<off_t>(rows[i]) * static_cast<off_t>(bytes);
-    while (left > 0) {
-      const ssize_t r = ::pread(fd_, p, left, at);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0)
-        throw_bad_input(folder_.empty() ? "." : folder_.string(),
-                        std::string("cannot read the features file back: ") +
-                            (r < 0 ? std::strerror(errno) : "truncated"));
-      p += r;
-      at += r;
-      left -= static_cast<size_t>(r);
-    }
+    transfer(false, dst, 1, rows[i]);
+  }
+}
+
+// Writes (pwrite) or reads (pread) `count` rows at row `first` of the file.
+void FeatureStore::transfer(bool write, float* rows, int64_t count, int64_t first) const {
+  auto* p = reinterpret_cast<char*>(rows);
+  size_t left = static_cast<size_t>(count * dim_) * sizeof(float);
+  off_t at = static_cast<off_t>(first * dim_) * static_cast<off_t>(sizeof(float));
+  while (left > 0) {
+    const ssize_t n = write ? ::pwrite(fd_, p, left, at) : ::pread(fd_, p, left, at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      throw_bad_input(folder_.empty() ? "." : folder_.string(),
+                      std::string(write ? "cannot write the features file: "
+                                        : "cannot read the features file back: ") +
+                          (n < 0 ? std::strerror(errno) : write ? "no space" : "truncated"));
+    p += n;
+    at += n;
+    left -= static_cast<size_t>(n);
   }
 }
 

@@ -56,6 +56,7 @@ class FeatureStore {
 
  private:
   void project_complete(int64_t upto);
+  void transfer(bool write, float* rows, int64_t count, int64_t first) const;
 
   int64_t capacity_ = 0, dim_ = 0, rows_ = 0;
   std::unique_ptr<float[]> memory_;

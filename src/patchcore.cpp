@@ -1005,6 +1005,7 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
             "to restore an F1-optimal one");
   if (!hold_scores.empty()) calibrate(cb);
   patches += features.rows;
+  if (radius < 0 && up.radius > 0) radius = up.radius;  // the user's radius, for later updates
   history.push_back(json{{"action", "update"},
                          {"time", utc_now()},
                          {"images", s.images()},

@@ -119,6 +119,8 @@ void check_params(MatrixView features, const CoresetParams& p) {
 Tensor project_rows(MatrixView features, const std::vector<float>& matrix, int proj_dim,
                     int threads);
 
+void check_points(const Points& pts, int threads);
+
 Points prepare_points(MatrixView features, const CoresetParams& p, int threads) {
   Points pts;
   pts.n = features.rows;
@@ -131,6 +133,11 @@ Points prepare_points(MatrixView features, const CoresetParams& p, int threads) 
     pts.data = features.data;
     pts.dim = features.cols;
   }
+  check_points(pts, threads);
+  return pts;
+}
+
+void check_points(const Points& pts, int threads) {
   // Bounded values keep every squared distance finite (|v| <= 1e17 and d <= 2^20 give sums
   // far below FLT_MAX), which the comparisons and the skip bounds rely on.
   const float* z = pts.data;
@@ -142,7 +149,6 @@ Points prepare_points(MatrixView features, const CoresetParams& p, int threads) 
   if (!ok) throw_usage("coreset: features contain NaN, infinity or values beyond 1e17");
   if (pts.dim > (int64_t{1} << 20))
     throw_usage("coreset: dimension " + std::to_string(pts.dim) + " is too large (max 2^20)");
-  return pts;
 }
 
 // Squared start distance of every row: (mean L2 distance to the start rows)^2, in double.
@@ -206,6 +212,20 @@ Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix,
   PATCHCORE_ASSERT(features.shape.size() == 2);
   return project_rows({features.ptr(), features.dim(0), features.dim(1)}, matrix, proj_dim,
                       threads);
+}
+
+Tensor coreset_project(MatrixView features, const std::vector<float>& matrix, int proj_dim,
+                       int threads) {
+  return project_rows(features, matrix, proj_dim, threads);
+}
+
+Tensor coreset_search_rows(MatrixView features, int proj_dim, uint64_t seed, int threads) {
+  if (features.cols > proj_dim)
+    return project_rows(features, coreset_projection_matrix(features.cols, proj_dim, seed),
+                        proj_dim, threads);
+  Tensor copy({features.rows, features.cols});
+  std::copy_n(features.data, features.rows * features.cols, copy.ptr());
+  return copy;
 }
 
 namespace {
@@ -459,14 +479,43 @@ std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams&
   return greedy_coreset(view_of(features), p, progress);
 }
 
+namespace {
+std::vector<int64_t> greedy_search(const Points& pts, const CoresetParams& p, int threads,
+                                   const CoresetProgress& progress, CoresetStats* stats);
+}  // namespace
+
 std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
-                                    const CoresetProgress& progress) {
+                                    const CoresetProgress& progress, CoresetStats* stats) {
   check_params(features, p);
+  if (stats) *stats = {};
   const int64_t n = features.rows;
   if (n == 0) return {};
   if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
   const int threads = resolve_threads(p.threads);
-  const Points pts = prepare_points(features, p, threads);
+  return greedy_search(prepare_points(features, p, threads), p, threads, progress, stats);
+}
+
+std::vector<int64_t> greedy_coreset_projected(MatrixView projected, const CoresetParams& p,
+                                              const CoresetProgress& progress,
+                                              CoresetStats* stats) {
+  check_params(projected, p);
+  if (stats) *stats = {};
+  const int64_t n = projected.rows;
+  if (n == 0) return {};
+  if (p.ratio >= 1.0 || p.min_picks >= n) return all_rows(n);
+  const int threads = resolve_threads(p.threads);
+  Points pts;
+  pts.data = projected.data;
+  pts.n = n;
+  pts.dim = projected.cols;
+  check_points(pts, threads);
+  return greedy_search(pts, p, threads, progress, stats);
+}
+
+namespace {
+std::vector<int64_t> greedy_search(const Points& pts, const CoresetParams& p, int threads,
+                                   const CoresetProgress& progress, CoresetStats* stats) {
+  const int64_t n = pts.n;
   const int64_t dim = pts.dim;
   const int64_t total = pick_count(p, n);
   PATCHCORE_ASSERT(total < std::numeric_limits<int32_t>::max());
@@ -555,6 +604,7 @@ std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
   int in_flight = 0;
   bool stop = false;  // the progress callback threw
   std::exception_ptr failure;
+  float last_sq = 0;     // the latest pick's squared distance
   int64_t reported = 0;  // picks announced to `progress`, by the calling thread only
   const int64_t report_step = std::max<int64_t>(1, total / 1000);  // about 1,000 reports
   // Threads only pay when a pick needs several updates: on small inputs they would mostly wait.
@@ -594,6 +644,7 @@ std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
         --in_flight;
       } else if (in_flight == 0) {
         const int64_t pick = heap.front().best;
+        last_sq = heap.front().value;
         picks.push_back(pick);
         const float* prow = pts.data + pick * dim;
         std::copy(prow, prow + dim, pick_rows.begin() + t * dim);
@@ -612,6 +663,27 @@ std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
   }
   if (failure) std::rethrow_exception(failure);
   if (progress && reported != total) progress(total, total);
+  if (stats) stats->radius = std::sqrt(last_sq);
+  return picks;
+}
+}  // namespace
+
+std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance, float radius,
+                                    int64_t max_picks, int threads) {
+  PATCHCORE_ASSERT(static_cast<int64_t>(sq_distance.size()) == rows.rows);
+  const int team = resolve_threads(threads);
+  const float limit = radius * radius;
+  std::vector<int64_t> picks;
+  while (max_picks < 0 || std::ssize(picks) < max_picks) {
+    if (sq_distance.empty()) break;
+    const int64_t pick = argmax_lowest(sq_distance);
+    if (!(sq_distance[pick] > limit)) break;
+    picks.push_back(pick);
+    const float* prow = rows.row(pick);
+#pragma omp parallel for schedule(static) num_threads(team) if (rows.rows >= 4096)
+    for (int64_t i = 0; i < rows.rows; ++i)
+      sq_distance[i] = std::min(sq_distance[i], coreset_sq_distance(rows.row(i), prow, rows.cols));
+  }
   return picks;
 }
 

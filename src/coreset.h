@@ -20,6 +20,14 @@ struct CoresetParams {
 
 using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 
+/// What a greedy search found besides its picks.
+struct CoresetStats {
+  /// L2 distance, in the space the search ran in (the projection; the features themselves when
+  /// D <= proj_dim), of the last pick from the picks before it: the coverage radius, within
+  /// which the picks hold (nearly) every row. 0 when every row was kept.
+  float radius = 0;
+};
+
 /// features [N, D]. Projects to proj_dim with a seeded Gaussian map (N(0, 1/proj_dim)), sets
 /// every row's distance to its mean L2 distance to start_points random rows (distinct, drawn
 /// from the seed, not selected; clamped to N), then repeatedly picks the row with the largest
@@ -36,9 +44,27 @@ using CoresetProgress = std::function<void(int64_t done, int64_t total)>;
 /// |value| > 1e17 after projection.
 std::vector<int64_t> greedy_coreset(const Tensor& features, const CoresetParams& p,
                                     const CoresetProgress& progress = {});
-/// The same on rows held elsewhere (fit's memory bank).
+/// The same on rows held elsewhere (fit's memory bank); `stats`, when given, receives the
+/// coverage radius.
 std::vector<int64_t> greedy_coreset(MatrixView features, const CoresetParams& p,
-                                    const CoresetProgress& progress = {});
+                                    const CoresetProgress& progress = {},
+                                    CoresetStats* stats = nullptr);
+/// The same search on rows already in the search space: coreset_project() of the features
+/// (in fixed chunks of 1,024 rows counted from row 0, so that rows projected a chunk at a
+/// time give the same bits), or the features themselves when D <= proj_dim. The picks equal
+/// greedy_coreset()'s on the features. Fit uses it when the features stream to disk.
+std::vector<int64_t> greedy_coreset_projected(MatrixView projected, const CoresetParams& p,
+                                              const CoresetProgress& progress = {},
+                                              CoresetStats* stats = nullptr);
+
+/// Continues a greedy search over new rows: sq_distance[i] holds row i's squared distance to
+/// the picks so far (the bank), rows [N, d] are in the search space. Picks the row farthest
+/// from the bank and the earlier picks (lowest index on ties) while that distance exceeds
+/// `radius` and fewer than max_picks (< 0: no limit) were made; returns the picks in order.
+/// sq_distance is updated to the final minima. Plain loop, one pass per pick: updates are
+/// small next to a fit.
+std::vector<int64_t> coreset_extend(MatrixView rows, std::vector<float>& sq_distance, float radius,
+                                    int64_t max_picks, int threads = 0);
 
 /// The plain algorithm, single-threaded (apart from the shared set-up), one full pass per pick:
 /// the yardstick for greedy_coreset() in tests (the picks must be identical). Both run on the
@@ -57,6 +83,12 @@ std::vector<float> coreset_projection_matrix(int64_t d, int proj_dim, uint64_t s
 /// necessarily across CPUs, whose BLAS kernels differ). threads <= 0: all cores.
 Tensor coreset_project(const Tensor& features, const std::vector<float>& matrix, int proj_dim,
                        int threads = 0);
+/// The same on rows held elsewhere.
+Tensor coreset_project(MatrixView features, const std::vector<float>& matrix, int proj_dim,
+                       int threads = 0);
+/// Rows in the coreset's search space: projected with coreset_projection_matrix(D, proj_dim,
+/// seed) when D > proj_dim, else copied.
+Tensor coreset_search_rows(MatrixView features, int proj_dim, uint64_t seed, int threads = 0);
 
 /// The squared L2 distance of the coreset search: float differences squared into 16 lane
 /// accumulators (element j goes to lane j % 16, in order), then a fixed pairwise tree. Its

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <exception>
 #include <fstream>
 #include <iomanip>
@@ -21,6 +22,7 @@
 #include "coreset.h"
 #include "embedding.h"
 #include "error.h"
+#include "feature_store.h"
 #include "image.h"
 #include "knn.h"
 #include "model_file.h"
@@ -135,6 +137,7 @@ void validate(const Params& p) {
     throw_usage("holdout fraction must be in [0, 1)");
   if (p.batch_size < 1) throw_usage("batch size must be >= 1");
   if (p.threads < 0) throw_usage("--threads must be >= 0");
+  if (p.max_memory < 0) throw_usage("--max-memory must be >= 0 (0: 80 % of the available memory)");
 }
 
 void apply_threads(int threads) {
@@ -153,21 +156,48 @@ double available_bytes() {
   return 0;
 }
 
-// Fails before hours of feature extraction when the bank cannot fit: every training patch is
-// held until the coreset is chosen, plus the coreset's projection of it (with room for a copy)
-// and its 16 subspace coordinates and slack per row.
-void check_memory(double bank_bytes, int proj_dim, int64_t rows) {
-  const double need = bank_bytes + static_cast<double>(rows) * (proj_dim * 2.0 + 17.0) * 4.0;
-  const double have = available_bytes();
-  if (have > 0 && need > 0.9 * have) {
-    char msg[400];
-    std::snprintf(msg, sizeof msg,
-                  "the memory bank before subsampling needs about %.1f GB (%lld patches) but "
-                  "only %.1f GB of memory is available; use fewer or smaller images "
-                  "(--image-size) or a backbone with a coarser grid",
-                  need / 1e9, static_cast<long long>(rows), have / 1e9);
-    throw_bad_input("(training set)", msg);
-  }
+// Share of MemAvailable fit's features may take by default (Params::max_memory): the rest is
+// the process's own (libraries, network, decoded batches) and the other programs'.
+constexpr double kMemoryFraction = 0.8;
+
+// Which of n images are held out: fraction of them (at least 1, at most n - 1), shuffled by
+// the seed.
+std::vector<bool> choose_held(size_t n, double fraction, uint64_t seed) {
+  size_t n_hold = 0;
+  if (n >= 2 && fraction > 0)
+    n_hold = std::clamp<size_t>(static_cast<size_t>(std::lround(fraction * n)), 1, n - 1);
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<bool> held(n, false);
+  for (size_t i = 0; i < n_hold; ++i) held[order[i]] = true;
+  return held;
+}
+
+// Rows of the store, in the given order.
+Tensor gather_rows(const FeatureStore& store, const std::vector<int64_t>& rows) {
+  Tensor out({std::ssize(rows), store.dim()});
+  store.read_rows(rows, out.ptr());
+  return out;
+}
+
+// a [m, d] then b [k, d].
+Tensor stack_rows(const Tensor& a, const Tensor& b) {
+  PATCHCORE_ASSERT(a.dim(1) == b.dim(1));
+  Tensor out({a.dim(0) + b.dim(0), a.dim(1)});
+  std::copy(a.data.begin(), a.data.end(), out.data.begin());
+  std::copy(b.data.begin(), b.data.end(), out.data.begin() + a.numel());
+  return out;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 void log(const Callbacks& cb, LogLevel level, const std::string& message) {
@@ -215,6 +245,42 @@ struct Model::Impl {
   mutable std::mutex mutex;
   mutable std::unique_ptr<Backbone> backbone;
   std::string source_file;  // for messages about a loaded model
+
+  // What lets a model grow (update, merge), optional entries of the file: the coverage radius
+  // (the greedy coreset's last distance, in its projected space; < 0: unknown, an older file),
+  // the patches the bank was chosen from, the held-out scores behind the calibration, the
+  // history of fits and updates, and which shard a partial model covers (null: none).
+  double radius = -1;
+  int64_t patches = 0;
+  std::vector<float> hold_scores, hold_pixels;
+  json history = json::array();
+  json shard;
+
+  // Patch features of a set of images, with which of the images are held out.
+  struct Scan {
+    std::unique_ptr<FeatureStore> store;
+    std::vector<uint8_t> row_held;  // per readable image
+    int64_t rows_per_image = 0;
+    int64_t images() const { return std::ssize(row_held); }
+    bool any_held() const {
+      return std::any_of(row_held.begin(), row_held.end(), [](uint8_t h) { return h != 0; });
+    }
+  };
+  // Fit's stages, shared by update: scan the images into a feature store, score the held-out
+  // ones, calibrate.
+  Scan scan(size_t n, const std::function<cv::Mat(size_t)>& load, const std::vector<bool>& held,
+            const Callbacks& cb);
+  std::unique_ptr<FeatureStore> make_store(int64_t dim, int64_t rows_per_image, size_t n,
+                                           const Callbacks& cb) const;
+  void check_dim(int64_t dim) const;
+  void score_held(const NearestNeighbors& index, const Scan& s, const Callbacks& cb);
+  void calibrate(const Callbacks& cb);
+  int64_t update(size_t n, const std::function<cv::Mat(size_t)>& load, const UpdateParams& up,
+                 const Callbacks& cb);
+  // A new Impl with this one's settings and backbone, no bank.
+  std::unique_ptr<Impl> same_settings() const;
+  std::string name() const { return source_file.empty() ? std::string("(model)") : source_file; }
+  void load_growth(ModelFileContents& c, const fs::path& file);
 
   Preprocess preprocess() const {
     return Preprocess{image_size,    params.crop,         normalization,
@@ -302,12 +368,7 @@ struct Model::Impl {
       StageTimer t(cb, "embedding", static_cast<int64_t>(ok.size()));
       e = embed(features, embedding_params());
     }
-    if (bank.numel() > 0 && e.patches.dim(1) != bank.dim(1))
-      throw_bad_input(source_file.empty() ? params.backbone : source_file,
-                      "the backbone gives " + std::to_string(e.patches.dim(1)) +
-                          "-dimensional patches but the memory bank holds " +
-                          std::to_string(bank.dim(1)) +
-                          ": the model was fitted with a different backbone or settings");
+    check_dim(e.patches.dim(1));
     return e;
   }
 
@@ -491,121 +552,181 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   m.created_by = std::string("patchcore ") + PATCHCORE_VERSION;
 
   // Held-out images: chosen by the seed, scored against bank rows from the other images only.
-  size_t n_hold = 0;
-  if (n >= 2 && params.holdout_fraction > 0)
-    n_hold =
-        std::clamp<size_t>(static_cast<size_t>(std::lround(params.holdout_fraction * n)), 1, n - 1);
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(params.seed ^ 0x9e3779b97f4a7c15ULL);
-  std::shuffle(order.begin(), order.end(), rng);
-  std::vector<bool> held(n, false);
-  for (size_t i = 0; i < n_hold; ++i) held[order[i]] = true;
+  const std::vector<bool> held =
+      choose_held(n, params.holdout_fraction, params.seed ^ 0x9e3779b97f4a7c15ULL);
+  const Scan s = m.scan(n, load, held, cb);
+  const MatrixView features = s.store->features();
 
-  // Features of every readable image, embedded straight into one [rows, D] bank: no buffer per
-  // batch and no copy. The bank is allocated without zeroing, so that its pages are first
-  // touched by the embedding's threads, in parallel: faulting in 4 GB of fresh pages took 4-7 s
-  // on one thread here and 1.7-1.8 s on two (a zeroed std::vector faults them all on one).
-  std::unique_ptr<float[]> all;
-  size_t filled = 0;
-  std::vector<uint8_t> row_held;  // per readable image
-  int64_t dim = 0, rows_per_image = 0, n_ok = 0;
+  // Memory bank: greedy coreset over every training patch.
+  const CoresetParams cp{
+      params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
+      params.threads};
+  std::vector<int64_t> picks;
+  CoresetStats stats;
+  {
+    StageTimer t(cb, "coreset", features.rows);
+    const auto progress = [&](int64_t done, int64_t total) {
+      if (cb.progress) cb.progress("coreset", done, total);
+    };
+    picks = s.store->streamed()
+                ? greedy_coreset_projected(s.store->projected(), cp, progress, &stats)
+                : greedy_coreset(features, cp, progress, &stats);
+  }
+  m.radius = stats.radius;
+  m.patches = features.rows;
+  m.bank = gather_rows(*s.store, picks);
+
+  // Calibration from the held-out images, scored as if unseen.
+  std::vector<int64_t> sub_rows;
+  for (int64_t r : picks)
+    if (!s.row_held[static_cast<size_t>(r / s.rows_per_image)]) sub_rows.push_back(r);
+  if (s.any_held() && !sub_rows.empty())
+    m.score_held(NearestNeighbors(gather_rows(*s.store, sub_rows), params.threads), s, cb);
+  m.calibrate(cb);
+  m.history.push_back(json{{"action", "fit"},
+                           {"time", utc_now()},
+                           {"images", s.images()},
+                           {"patches", features.rows},
+                           {"rows", m.bank.dim(0)}});
+  m.nn = std::make_unique<NearestNeighbors>(m.bank, params.threads);
+  return impl;
+}
+
+Model::Impl::Scan Model::Impl::scan(size_t n, const std::function<cv::Mat(size_t)>& load,
+                                    const std::vector<bool>& held, const Callbacks& cb) {
+  Scan s;
   const size_t bs = static_cast<size_t>(params.batch_size);
   for (size_t start = 0; start < n; start += bs) {
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
-    const std::vector<Tensor> maps = m.extract(
+    const std::vector<Tensor> maps = extract(
         std::min(n, start + bs) - start, [&](size_t i) { return load(start + i); }, ok, sizes, cb);
     if (!ok.empty()) {
-      const EmbeddingLayout layout = embedding_layout(maps, m.embedding_params());
-      if (dim == 0) {
-        dim = layout.dim;
-        m.grid_h = layout.grid_h;
-        m.grid_w = layout.grid_w;
-        rows_per_image = static_cast<int64_t>(m.grid_h) * m.grid_w;
-        check_memory(static_cast<double>(rows_per_image) * dim * 4.0 * static_cast<double>(n),
-                     params.coreset_dim, rows_per_image * static_cast<int64_t>(n));
-        all =
-            std::make_unique_for_overwrite<float[]>(static_cast<size_t>(rows_per_image * dim) * n);
+      const EmbeddingLayout layout = embedding_layout(maps, embedding_params());
+      if (!s.store) {
+        check_dim(layout.dim);
+        if (grid_h == 0) {
+          grid_h = layout.grid_h;
+          grid_w = layout.grid_w;
+        }
+        PATCHCORE_ASSERT(layout.grid_h == grid_h && layout.grid_w == grid_w);
+        s.rows_per_image = static_cast<int64_t>(grid_h) * grid_w;
+        s.store = make_store(layout.dim, s.rows_per_image, n, cb);
       }
-      PATCHCORE_ASSERT(layout.dim == dim && layout.rows == rows_per_image * std::ssize(ok));
+      PATCHCORE_ASSERT(layout.dim == s.store->dim() &&
+                       layout.rows == s.rows_per_image * std::ssize(ok));
       {
         StageTimer t(cb, "embedding", std::ssize(ok));
-        embed_into(maps, m.embedding_params(), all.get() + filled);
+        embed_into(maps, embedding_params(), s.store->next(layout.rows));
       }
-      filled += static_cast<size_t>(layout.rows * dim);
-      for (size_t j : ok) row_held.push_back(held[start + j] ? 1 : 0);
-      n_ok += static_cast<int64_t>(ok.size());
+      s.store->commit(layout.rows);
+      for (size_t j : ok) s.row_held.push_back(held[start + j] ? 1 : 0);
     }
     if (cb.progress) cb.progress("features", static_cast<int64_t>(std::min(n, start + bs)), n);
   }
-  if (n_ok == 0)
+  if (!s.store)
     throw_bad_input("(training set)", "none of the " + std::to_string(n) + " images could be read");
-  const MatrixView features{all.get(), n_ok * rows_per_image, dim};
+  s.store->finish();
+  return s;
+}
 
-  // Memory bank: greedy coreset over every training patch.
-  CoresetParams cp{params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
-                   params.threads};
-  std::vector<int64_t> picks;
-  {
-    StageTimer t(cb, "coreset", features.rows);
-    picks = greedy_coreset(features, cp, [&](int64_t done, int64_t total) {
-      if (cb.progress) cb.progress("coreset", done, total);
-    });
+// In memory when the features fit in params.max_memory (with the coreset's projection of them
+// and a copy, and its 16 subspace coordinates and slack per row), else streamed to disk when
+// the projected rows, the batch and the bank fit; else an error before any more work.
+std::unique_ptr<FeatureStore> Model::Impl::make_store(int64_t dim, int64_t rows_per_image, size_t n,
+                                                      const Callbacks& cb) const {
+  const int64_t rows = rows_per_image * static_cast<int64_t>(n);
+  const double pd = static_cast<double>(std::min<int64_t>(dim, params.coreset_dim));
+  const double r = static_cast<double>(rows);
+  const double features = r * static_cast<double>(dim) * 4.0;
+  const double in_memory = features + r * (pd * 2.0 + 17.0) * 4.0;
+  const double available = available_bytes();
+  const double limit =
+      params.max_memory > 0 ? static_cast<double>(params.max_memory) : kMemoryFraction * available;
+  if (limit <= 0 || in_memory <= limit) return std::make_unique<FeatureStore>(rows, dim);
+  const double picks = std::clamp(
+      std::max(std::floor(params.coreset_ratio * r), static_cast<double>(params.coreset_min)), 1.0,
+      r);
+  // A batch's rows and the last incomplete chunk of 1,024 carried before them.
+  const double batch = (static_cast<double>(params.batch_size * rows_per_image) + 1024.0) *
+                       static_cast<double>(dim) * 4.0;
+  const double streamed = r * (pd + 18.0) * 4.0 + batch + 2.0 * picks * dim * 4.0;
+  char msg[700];
+  if (streamed > limit) {
+    std::snprintf(msg, sizeof msg,
+                  "the %lld training patches need about %.2f GB even with their features on "
+                  "disk (%.2f GB in memory) but %.2f GB may be used (%s); use a smaller "
+                  "--image-size, fewer images per process (fit --shard I/K, then merge), a "
+                  "smaller --coreset-ratio, or a larger --max-memory",
+                  static_cast<long long>(rows), streamed / 1e9, in_memory / 1e9, limit / 1e9,
+                  params.max_memory > 0 ? "--max-memory" : "80 % of the available memory");
+    throw_bad_input("(training set)", msg);
   }
-  m.bank = Tensor({static_cast<int64_t>(picks.size()), dim});
-  for (size_t i = 0; i < picks.size(); ++i)
-    std::copy_n(features.row(picks[i]), dim, m.bank.row(static_cast<int64_t>(i)));
+  const fs::path folder = params.scratch_folder.empty() ? fs::path(".") : params.scratch_folder;
+  std::snprintf(msg, sizeof msg,
+                "the patch features (%.2f GB) exceed the memory limit (%.2f GB): streaming them "
+                "to a file in %s, about %.2f GB in memory",
+                features / 1e9, limit / 1e9, folder.string().c_str(), streamed / 1e9);
+  log(cb, LogLevel::info, msg);
+  return std::make_unique<FeatureStore>(rows, dim, folder, params.coreset_dim, params.seed,
+                                        params.threads);
+}
 
-  // Calibration from the held-out images, scored as if unseen.
-  std::vector<float> hold_scores, hold_pixels;
-  std::vector<int64_t> sub_rows;
-  for (int64_t r : picks)
-    if (!row_held[static_cast<size_t>(r / rows_per_image)]) sub_rows.push_back(r);
-  const bool any_held =
-      std::any_of(row_held.begin(), row_held.end(), [](uint8_t h) { return h != 0; });
-  if (any_held && !sub_rows.empty()) {
-    StageTimer timer(cb, "holdout",
-                     std::count(row_held.begin(), row_held.end(), static_cast<uint8_t>(1)));
-    Tensor sub({static_cast<int64_t>(sub_rows.size()), dim});
-    for (size_t i = 0; i < sub_rows.size(); ++i)
-      std::copy_n(features.row(sub_rows[i]), dim, sub.row(static_cast<int64_t>(i)));
-    NearestNeighbors sub_nn(std::move(sub), params.threads);
-    for (size_t img = 0; img < row_held.size(); ++img) {
-      if (!row_held[img]) continue;
-      Prediction p = m.score(sub_nn, features.row(static_cast<int64_t>(img) * rows_per_image));
-      hold_scores.push_back(static_cast<float>(p.score));
-      // Every 4th pixel in each direction is plenty for a quantile and keeps memory flat.
-      for (int y = 0; y < p.map.height; y += 4)
-        for (int x = 0; x < p.map.width; x += 4)
-          hold_pixels.push_back(p.map.values[static_cast<size_t>(y) * p.map.width + x]);
-    }
-    m.calibration = calibrate_from_normal(hold_scores, hold_pixels);
+void Model::Impl::check_dim(int64_t dim) const {
+  if (bank.numel() > 0 && dim != bank.dim(1))
+    throw_bad_input(source_file.empty() ? params.backbone : source_file,
+                    "the backbone gives " + std::to_string(dim) +
+                        "-dimensional patches but the memory bank holds " +
+                        std::to_string(bank.dim(1)) +
+                        ": the model was fitted with a different backbone or settings");
+}
+
+// Scores the held-out images of a scan against `index` (bank rows from the other images) into
+// hold_scores and hold_pixels.
+void Model::Impl::score_held(const NearestNeighbors& index, const Scan& s, const Callbacks& cb) {
+  StageTimer timer(cb, "holdout",
+                   std::count(s.row_held.begin(), s.row_held.end(), static_cast<uint8_t>(1)));
+  std::vector<int64_t> rows(static_cast<size_t>(s.rows_per_image));
+  std::vector<float> patches(static_cast<size_t>(s.rows_per_image * s.store->dim()));
+  for (size_t img = 0; img < s.row_held.size(); ++img) {
+    if (!s.row_held[img]) continue;
+    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(img) * s.rows_per_image);
+    s.store->read_rows(rows, patches.data());
+    Prediction p = score(index, patches.data());
+    hold_scores.push_back(static_cast<float>(p.score));
+    // Every 4th pixel in each direction is plenty for a quantile and keeps memory flat.
+    for (int y = 0; y < p.map.height; y += 4)
+      for (int x = 0; x < p.map.width; x += 4)
+        hold_pixels.push_back(p.map.values[static_cast<size_t>(y) * p.map.width + x]);
+  }
+}
+
+void Model::Impl::calibrate(const Callbacks& cb) {
+  if (!hold_scores.empty()) {
+    calibration = calibrate_from_normal(hold_scores, hold_pixels);
     log(cb, LogLevel::info,
-        "threshold " + std::to_string(m.calibration.image_threshold) + " from " +
+        "threshold " + std::to_string(calibration.image_threshold) + " from " +
             std::to_string(hold_scores.size()) + " held-out normal images");
-  } else {
-    // Nothing to hold out: the best guess is the bank's own spread (each bank row's distance
-    // to its nearest other row), which a user should replace through eval or --threshold.
-    NearestNeighbors self(m.bank, params.threads);
-    const int64_t rows = m.bank.dim(0);
-    std::vector<float> d(static_cast<size_t>(rows) * 2);
-    std::vector<int64_t> idx(static_cast<size_t>(rows) * 2);
-    const int kk = rows >= 2 ? 2 : 1;
-    self.search(m.bank.ptr(), rows, kk, d.data(), idx.data());
-    std::vector<float> nearest;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float sq = d[static_cast<size_t>(r) * kk + kk - 1];
-      nearest.push_back(params.squared_l2 ? sq : std::sqrt(std::max(sq, 0.0f)));
-    }
-    m.calibration = calibrate_from_normal(nearest, nearest);
-    m.calibration.source = "guess";
-    log(cb, LogLevel::warning,
-        "too few training images to hold any out: the threshold is a guess; set one with "
-        "`patchcore eval --save-threshold` or `predict --threshold`");
+    return;
   }
-  m.nn = std::make_unique<NearestNeighbors>(m.bank, params.threads);
-  return impl;
+  // Nothing held out: the best guess is the bank's own spread (each bank row's distance to its
+  // nearest other row), which a user should replace through eval or --threshold.
+  NearestNeighbors self(bank, params.threads);
+  const int64_t rows = bank.dim(0);
+  std::vector<float> d(static_cast<size_t>(rows) * 2);
+  std::vector<int64_t> idx(static_cast<size_t>(rows) * 2);
+  const int kk = rows >= 2 ? 2 : 1;
+  self.search(bank.ptr(), rows, kk, d.data(), idx.data());
+  std::vector<float> nearest;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float sq = d[static_cast<size_t>(r) * kk + kk - 1];
+    nearest.push_back(params.squared_l2 ? sq : std::sqrt(std::max(sq, 0.0f)));
+  }
+  calibration = calibrate_from_normal(nearest, nearest);
+  calibration.source = "guess";
+  log(cb, LogLevel::warning,
+      "too few training images to hold any out: the threshold is a guess; set one with "
+      "`patchcore eval --save-threshold` or `predict --threshold`");
 }
 
 std::vector<Prediction> Model::Impl::predict(size_t count,
@@ -696,7 +817,42 @@ void Model::save(const fs::path& file) const {
   c.metadata["created_by"] = m.created_by;
   c.f32["memory_bank"] = m.bank;
   c.u8["backbone_onnx"] = m.onnx;
+  if (m.radius >= 0)
+    c.metadata["coverage"] = json{{"radius", m.radius}, {"patches", m.patches}}.dump();
+  if (!m.history.empty()) c.metadata["history"] = m.history.dump();
+  if (!m.shard.is_null()) c.metadata["shard"] = m.shard.dump();
+  for (const auto& [key, values] :
+       {std::pair{"holdout_scores", &m.hold_scores}, std::pair{"holdout_pixels", &m.hold_pixels}}) {
+    if (values->empty()) continue;
+    Tensor t({std::ssize(*values)});
+    t.data = *values;
+    c.f32[key] = std::move(t);
+  }
   write_model_file(file, c);
+}
+
+// The optional entries update and merge need (absent in older files).
+void Model::Impl::load_growth(ModelFileContents& c, const fs::path& file) {
+  Impl& m = *this;
+  if (c.metadata.count("coverage")) {
+    const json g = json::parse(c.metadata.at("coverage"));
+    m.radius = g.at("radius").get<double>();
+    m.patches = g.at("patches").get<int64_t>();
+    if (!std::isfinite(m.radius) || m.radius < 0 || m.patches < 0)
+      throw_bad_input(file.string(), "invalid coverage entry");
+  }
+  if (c.metadata.count("history")) {
+    m.history = json::parse(c.metadata.at("history"));
+    if (!m.history.is_array()) throw_bad_input(file.string(), "the history is not a list");
+  }
+  if (c.metadata.count("shard")) m.shard = json::parse(c.metadata.at("shard"));
+  for (const auto& [key, values] :
+       {std::pair{"holdout_scores", &m.hold_scores}, std::pair{"holdout_pixels", &m.hold_pixels}}) {
+    if (!c.f32.count(key)) continue;
+    *values = std::move(c.f32.at(key).data);
+    for (float v : *values)
+      if (!std::isfinite(v)) throw_bad_input(file.string(), std::string(key) + " not finite");
+  }
 }
 
 Model Model::load(const fs::path& file, const Callbacks&) {
@@ -733,6 +889,7 @@ Model Model::load(const fs::path& file, const Callbacks&) {
     if (m.grid_h < 1 || m.grid_w < 1 || m.image_size < 1)
       throw_bad_input(file.string(), "invalid grid or image size");
     validate(m.params);
+    m.load_growth(c, file);
   } catch (const json::exception& e) {
     throw_bad_input(file.string(), std::string("invalid model description: ") + e.what());
   } catch (const Error& e) {
@@ -755,7 +912,235 @@ std::string Model::info_json() const {
          {"memory_bank", {{"rows", m.bank.dim(0)}, {"dim", m.bank.dim(1)}}},
          {"grid", {m.grid_h, m.grid_w}},
          {"map_size", m.input_size()}};
+  if (m.radius >= 0) j["coverage"] = {{"radius", m.radius}, {"patches", m.patches}};
+  j["holdout_images"] = m.hold_scores.size();
+  if (!m.history.empty()) j["history"] = m.history;
+  if (!m.shard.is_null()) j["shard"] = m.shard;
   return j.dump(2);
+}
+
+// ---- Models that grow: update, shards, merge ----
+
+std::unique_ptr<Model::Impl> Model::Impl::same_settings() const {
+  auto out = std::make_unique<Impl>();
+  out->params = params;
+  out->calibration = calibration;
+  out->backbone_identity = backbone_identity;
+  out->layers = layers;
+  out->normalization = normalization;
+  out->image_size = image_size;
+  out->onnx = onnx;
+  out->grid_h = grid_h;
+  out->grid_w = grid_w;
+  out->created_by = created_by;
+  return out;
+}
+
+int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load,
+                            const UpdateParams& up, const Callbacks& cb) {
+  if (up.radius < 0 || !std::isfinite(up.radius))
+    throw_usage("--radius must be a distance >= 0 (0: the model's own)");
+  if (n == 0) throw_bad_input("(new images)", "no images to add");
+  double r = up.radius > 0 ? up.radius : radius;
+  if (r < 0) {
+    if (up.max_rows < 0)
+      throw_bad_input(name(),
+                      "the model stores no coverage radius (written before `patchcore update` "
+                      "existed): give --radius R (an L2 distance in the coreset's projected "
+                      "space) or --max-rows N, or fit the model again");
+    r = 0;
+    log(cb, LogLevel::warning,
+        "the model stores no coverage radius: adding the " + std::to_string(up.max_rows) +
+            " new patches farthest from the bank");
+  }
+  apply_threads(params.threads);
+  const int64_t updates = std::count_if(history.begin(), history.end(), [](const json& h) {
+    return h.value("action", "") == "update";
+  });
+  // Each update holds out its own images, by a seed of its own.
+  const std::vector<bool> held =
+      choose_held(n, params.holdout_fraction,
+                  params.seed ^ (0x75706461746500ULL + static_cast<uint64_t>(updates)));
+  const Scan s = scan(n, load, held, cb);
+  const MatrixView features = s.store->features();
+
+  // The greedy coreset continued: distances of the new patches to the bank, in the projected
+  // space fit searched in, then farthest-first picks.
+  std::vector<int64_t> picks;
+  {
+    StageTimer t(cb, "coreset", features.rows);
+    const Tensor bank_rows = coreset_search_rows({bank.ptr(), bank.dim(0), bank.dim(1)},
+                                                 params.coreset_dim, params.seed, params.threads);
+    // A streamed store projected its rows as they arrived.
+    const Tensor new_rows =
+        s.store->streamed()
+            ? coreset_search_rows(s.store->projected(), params.coreset_dim, params.seed, 1)
+            : coreset_search_rows(features, params.coreset_dim, params.seed, params.threads);
+    std::vector<float> sq(static_cast<size_t>(features.rows));
+    std::vector<int64_t> nearest(static_cast<size_t>(features.rows));
+    NearestNeighbors(bank_rows, params.threads)
+        .search(new_rows.ptr(), features.rows, 1, sq.data(), nearest.data());
+    picks = coreset_extend({new_rows.ptr(), new_rows.dim(0), new_rows.dim(1)}, sq,
+                           static_cast<float>(r), up.max_rows, params.threads);
+  }
+
+  // Held-out new images against the old bank and the other new images' picks.
+  const size_t old_scores = hold_scores.size();
+  if (s.any_held()) {
+    std::vector<int64_t> sub_rows;
+    for (int64_t row : picks)
+      if (!s.row_held[static_cast<size_t>(row / s.rows_per_image)]) sub_rows.push_back(row);
+    score_held(NearestNeighbors(stack_rows(bank, gather_rows(*s.store, sub_rows)), params.threads),
+               s, cb);
+  }
+  bank = stack_rows(bank, gather_rows(*s.store, picks));
+  if (old_scores == 0 && radius < 0)
+    log(cb, LogLevel::warning,
+        "the model stores no held-out scores (an older file): the threshold comes from the new "
+        "images alone");
+  if (calibration.source == "f1" || calibration.source == "user")
+    log(cb, LogLevel::warning,
+        "the threshold set by eval or by hand (" + std::to_string(calibration.image_threshold) +
+            ") is replaced by one from the held-out images; run eval --save-threshold again "
+            "to restore an F1-optimal one");
+  if (!hold_scores.empty()) calibrate(cb);
+  patches += features.rows;
+  if (radius < 0 && up.radius > 0) radius = up.radius;  // the user's radius, for later updates
+  history.push_back(json{{"action", "update"},
+                         {"time", utc_now()},
+                         {"images", s.images()},
+                         {"patches", features.rows},
+                         {"rows_added", std::ssize(picks)},
+                         {"rows", bank.dim(0)},
+                         {"radius", r}});
+  log(cb, LogLevel::info,
+      "added " + std::to_string(picks.size()) + " memory bank rows from " +
+          std::to_string(features.rows) + " new patches (now " + std::to_string(bank.dim(0)) + ")");
+  nn = std::make_unique<NearestNeighbors>(bank, params.threads);
+  return std::ssize(picks);
+}
+
+int64_t Model::update(const std::vector<fs::path>& images, const UpdateParams& params,
+                      const Callbacks& cb) {
+  return impl_->update(
+      images.size(), [&](size_t i) { return load_rgb(images[i]); }, params, cb);
+}
+
+int64_t Model::update(const std::vector<ImageView>& images, const UpdateParams& params,
+                      const Callbacks& cb) {
+  for (const ImageView& v : images) check_view(v);
+  return impl_->update(
+      images.size(), [&](size_t i) { return view_rgb(images[i]); }, params, cb);
+}
+
+Model Model::fit_shard(const std::vector<fs::path>& images, const Params& params, Shard shard,
+                       const Callbacks& cb) {
+  if (shard.count < 1 || shard.index < 0 || shard.index >= shard.count)
+    throw_usage("--shard I/K needs 0 <= I < K, got " + std::to_string(shard.index) + "/" +
+                std::to_string(shard.count));
+  std::vector<fs::path> mine;
+  for (size_t i = static_cast<size_t>(shard.index); i < images.size();
+       i += static_cast<size_t>(shard.count))
+    mine.push_back(images[i]);
+  if (mine.empty())
+    throw_bad_input("(training set)", "shard " + std::to_string(shard.index) + "/" +
+                                          std::to_string(shard.count) + " holds no image (" +
+                                          std::to_string(images.size()) + " in the set)");
+  Params p = params;
+  p.coreset_ratio = std::min(1.0, 2.0 * params.coreset_ratio);
+  p.coreset_min = (2 * params.coreset_min + shard.count - 1) / shard.count;
+  Model m = fit(mine, p, cb);
+  m.impl_->shard = json{{"index", shard.index},
+                        {"count", shard.count},
+                        {"coreset_ratio", params.coreset_ratio},
+                        {"coreset_min", params.coreset_min}};
+  return m;
+}
+
+Model Model::merge(const std::vector<const Model*>& parts, const Callbacks& cb) {
+  if (parts.empty()) throw_usage("merge: no parts given");
+  const Impl& first = *parts.front()->impl_;
+  // The settings a fit on every part's images would have had.
+  Params target = first.params;
+  if (!first.shard.is_null()) {
+    target.coreset_ratio = first.shard.at("coreset_ratio").get<double>();
+    target.coreset_min = first.shard.at("coreset_min").get<int64_t>();
+  }
+  auto impl = first.same_settings();
+  Impl& m = *impl;
+  m.params = target;
+  const auto settings = [](const Impl& p) {
+    json j = params_to_json(p.params);
+    j.erase("coreset_ratio");
+    j.erase("coreset_min");
+    j.erase("holdout_fraction");
+    j.erase("batch_size");
+    return j;
+  };
+  std::vector<Tensor> banks;
+  int64_t rows = 0;
+  for (const Model* part : parts) {
+    const Impl& p = *part->impl_;
+    if (settings(p) != settings(first) || p.backbone_json() != first.backbone_json() ||
+        p.grid_h != first.grid_h || p.grid_w != first.grid_w)
+      throw_bad_input(p.name(), "fitted with other settings or another backbone than " +
+                                    first.name() + ": parts must come from one fit command");
+    if (p.radius < 0 || p.patches <= 0)
+      throw_bad_input(p.name(),
+                      "stores no patch count (written before `patchcore merge` existed): fit it "
+                      "again");
+    if (p.hold_scores.empty() != first.hold_scores.empty())
+      throw_bad_input(p.name(),
+                      "has held-out scores where " + first.name() + " has none, or the reverse");
+    m.patches += p.patches;
+    m.hold_scores.insert(m.hold_scores.end(), p.hold_scores.begin(), p.hold_scores.end());
+    m.hold_pixels.insert(m.hold_pixels.end(), p.hold_pixels.begin(), p.hold_pixels.end());
+    rows += p.bank.dim(0);
+  }
+  Tensor all({rows, first.bank.dim(1)});
+  int64_t at = 0;
+  for (const Model* part : parts) {
+    const Tensor& b = part->impl_->bank;
+    std::copy(b.data.begin(), b.data.end(), all.data.begin() + at);
+    at += b.numel();
+  }
+  // As many picks as a fit on every image would make, chosen from the union.
+  const double wanted = std::max(std::floor(target.coreset_ratio * static_cast<double>(m.patches)),
+                                 static_cast<double>(target.coreset_min));
+  const CoresetParams cp{1e-300,
+                         static_cast<int64_t>(std::min(wanted, static_cast<double>(rows))),
+                         target.coreset_dim,
+                         target.seed,
+                         10,
+                         target.threads};
+  apply_threads(target.threads);
+  std::vector<int64_t> picks;
+  CoresetStats stats;
+  {
+    StageTimer t(cb, "coreset", rows);
+    picks = greedy_coreset(
+        MatrixView{all.ptr(), rows, all.dim(1)}, cp,
+        [&](int64_t done, int64_t total) {
+          if (cb.progress) cb.progress("coreset", done, total);
+        },
+        &stats);
+  }
+  m.bank = Tensor({std::ssize(picks), all.dim(1)});
+  for (size_t i = 0; i < picks.size(); ++i)
+    std::copy_n(all.row(picks[i]), all.dim(1), m.bank.row(static_cast<int64_t>(i)));
+  m.radius = stats.radius;
+  int64_t images = 0;
+  for (const Model* part : parts)
+    for (const json& h : part->impl_->history) images += h.value("images", int64_t{0});
+  m.calibrate(cb);
+  m.history.push_back(json{{"action", "merge"},
+                           {"time", utc_now()},
+                           {"parts", parts.size()},
+                           {"images", images},
+                           {"patches", m.patches},
+                           {"rows", m.bank.dim(0)}});
+  m.nn = std::make_unique<NearestNeighbors>(m.bank, target.threads);
+  return Model(std::move(impl));
 }
 
 }  // namespace patchcore

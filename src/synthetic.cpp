@@ -16,7 +16,7 @@ namespace {
 
 // A woven fabric: two crossing sinusoidal thread patterns whose phase wanders a little, smooth
 // lighting and fine noise, so no two normal images are the same but all share one texture.
-cv::Mat texture(int size, std::mt19937_64& rng) {
+cv::Mat texture(int size, const double* tint, std::mt19937_64& rng) {
   std::uniform_real_distribution<double> u(0, 1);
   std::normal_distribution<double> n(0, 1);
   const double period = 9.0 + u(rng);
@@ -37,9 +37,9 @@ cv::Mat texture(int size, std::mt19937_64& rng) {
       double v = 0.5 + 0.25 * (warp ? a : b) + 0.04 * noise.at<float>(y, x);
       v *= 1.0 + light_dx * (x - size / 2.0) / size + light_dy * (y - size / 2.0) / size;
       const double g = std::clamp(v, 0.0, 1.0) * 200 + 20;
-      img.at<cv::Vec3b>(y, x) = cv::Vec3b(cv::saturate_cast<uchar>(g * 0.80),
-                                          cv::saturate_cast<uchar>(g * 0.90),
-                                          cv::saturate_cast<uchar>(g));
+      img.at<cv::Vec3b>(y, x) = cv::Vec3b(cv::saturate_cast<uchar>(g * tint[0]),
+                                          cv::saturate_cast<uchar>(g * tint[1]),
+                                          cv::saturate_cast<uchar>(g * tint[2]));
     }
   }
   return img;
@@ -108,12 +108,12 @@ std::string stem(int i) {
 void write_synthetic_dataset(const fs::path& dir, const SyntheticParams& p) {
   std::mt19937_64 rng(p.seed);
   for (int i = 0; i < p.n_train; ++i)
-    write(dir / "train" / "good" / (stem(i) + ".png"), texture(p.size, rng));
+    write(dir / "train" / "good" / (stem(i) + ".png"), texture(p.size, p.tint, rng));
   for (int i = 0; i < p.n_test_good; ++i)
-    write(dir / "test" / "good" / (stem(i) + ".png"), texture(p.size, rng));
+    write(dir / "test" / "good" / (stem(i) + ".png"), texture(p.size, p.tint, rng));
   for (const std::string kind : {"scratch", "spot", "stain"}) {
     for (int i = 0; i < p.n_per_defect; ++i) {
-      cv::Mat img = texture(p.size, rng);
+      cv::Mat img = texture(p.size, p.tint, rng);
       cv::Mat mask = paint_defect(img, kind, rng);
       write(dir / "test" / kind / (stem(i) + ".png"), img);
       write(dir / "ground_truth" / kind / (stem(i) + "_mask.png"), mask);

@@ -12,6 +12,9 @@ struct SyntheticParams {
   int n_test_good = 10; ///< normal test images
   int n_per_defect = 8; ///< per defect kind: "scratch", "spot", "stain"
   uint64_t seed = 1;
+  /// Blue, green and red gains of the texture's grey (the default: a warm beige); another
+  /// triple makes a new normal variant of the same weave (tests of Model::update).
+  double tint[3] = {0.80, 0.90, 1.0};
 };
 
 /// Writes dir/train/good, dir/test/{good,scratch,spot,stain} and dir/ground_truth/<kind>/

@@ -94,6 +94,107 @@ TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
 
+// The AUROC `eval` reports for a model on the suite's data.
+double eval_auroc(const TempDir& tmp, const fs::path& model, const fs::path& data,
+                  const fs::path& out) {
+  CmdResult r = run(tmp, {"eval", "--model", model.string(), "--data", data.string(), "--out",
+                          out.string(), "--no-images"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  return nlohmann::json::parse(read_bytes(out / "metrics.json"))["image_auroc"].get<double>();
+}
+
+TEST_F(Cli, UpdateWritesANewModelAndLeavesTheOldOneUntouched) {
+  const std::string before = read_bytes(model());
+  const fs::path grown = local_ / "grown.patchcore";
+  CmdResult r = run(local_, {"update", "--model", model().string(), "--data", data().string(),
+                             "--out", grown.string(), "--max-rows", "5"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_bytes(model()), before);
+  CmdResult info = run(local_, {"info", grown.string()});
+  ASSERT_EQ(info.code, 0) << info.err;
+  const auto j = nlohmann::json::parse(info.out);
+  ASSERT_EQ(j["history"].size(), 2u);
+  EXPECT_EQ(j["history"][1]["action"], "update");
+  EXPECT_LE(j["history"][1]["rows_added"].get<int>(), 5);
+  EXPECT_FALSE(j["history"][1]["time"].get<std::string>().empty());
+  for (const auto& e : fs::directory_iterator(local_.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+TEST_F(Cli, UpdateAndMergeRefuseFoldersWithoutImagesNamingThem) {
+  const fs::path empty = local_ / "empty";
+  fs::create_directories(empty);
+  CmdResult r = run(local_, {"update", "--model", model().string(), "--data", empty.string(),
+                             "--out", (local_ / "m.patchcore").string()});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find(empty.string()), std::string::npos) << r.err;
+  r = run(local_, {"merge", empty.string(), "--out", (local_ / "m.patchcore").string()});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find(empty.string()), std::string::npos) << r.err;
+  r = run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m.patchcore").string(),
+                   "--shard", "3/3"});
+  EXPECT_EQ(r.code, 2) << r.err;
+}
+
+TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
+  const std::vector<std::string> fit_args = {
+      "--data", data().string(),   "--backbone", "mobilenet_v2",  "--image-size",
+      "160",    "--coreset-ratio", "0.1",        "--coreset-min", "0"};
+  const fs::path single = local_ / "single.patchcore";
+  std::vector<std::string> args = {"fit", "--out", single.string()};
+  args.insert(args.end(), fit_args.begin(), fit_args.end());
+  ASSERT_EQ(run(local_, args).code, 0);
+  // Three processes at once, as a job array would run them.
+  std::string script;
+  for (int i = 0; i < 3; ++i) {
+    script += quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore") + " fit --shard " +
+              std::to_string(i) + "/3 --out " +
+              quote((local_ / ("part" + std::to_string(i) + ".patchcore")).string());
+    for (const auto& a : fit_args) {
+      script += ' ';
+      script += quote(a);
+    }
+    script += " --threads 1 2>/dev/null >/dev/null & ";
+  }
+  script += "wait";
+  const std::string command = std::string("bash -c ").append(quote(script));
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  const fs::path merged = local_ / "merged.patchcore";
+  CmdResult r = run(local_, {"merge", (local_ / "part0.patchcore").string(),
+                             (local_ / "part1.patchcore").string(),
+                             (local_ / "part2.patchcore").string(), "--out", merged.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["history"][0]["action"], "merge");
+  EXPECT_EQ(j["history"][0]["images"].get<int>(), 16);
+  EXPECT_NEAR(eval_auroc(local_, merged, data(), local_ / "em"),
+              eval_auroc(local_, single, data(), local_ / "es"), 0.01);
+}
+
+TEST_F(Cli, FitBeyondMaxMemoryStreamsAndWritesTheSameModel) {
+  const fs::path streamed = local_ / "streamed.patchcore";
+  CmdResult r =
+      run(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
+                   "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
+                   "0", "--max-memory", "12m", "--batch-size", "1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("streaming"), std::string::npos) << r.err;
+  const fs::path in_memory = local_ / "memory.patchcore";
+  r = run(local_, {"fit", "--data", data().string(), "--out", in_memory.string(), "--backbone",
+                   "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
+                   "0", "--batch-size", "1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto a = nlohmann::json::parse(run(local_, {"info", streamed.string()}).out);
+  const auto b = nlohmann::json::parse(run(local_, {"info", in_memory.string()}).out);
+  EXPECT_EQ(a["memory_bank"], b["memory_bank"]);
+  EXPECT_EQ(a["calibration"], b["calibration"]);
+  EXPECT_EQ(a["coverage"], b["coverage"]);
+  r = run(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
+                   "mobilenet_v2", "--image-size", "160", "--max-memory", "100k"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find("--shard"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, BenchReportsEveryStageAsJson) {
   CmdResult r = run(local_, {"bench", "--data", data().string(), "--backbone", "mobilenet_v2",
                              "--image-size", "160", "--max-predict", "3", "--threads", "2"});

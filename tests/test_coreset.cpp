@@ -474,6 +474,90 @@ TEST(CoresetFilter, BothKernelsKeepExactlyThePicksTheDoubleBoundKeeps) {
 }
 
 // Not run by default (--gtest_also_run_disabled_tests): the numbers in the report.
+TEST(Coreset, SearchOnProjectedRowsPicksWhatTheFeatureSearchPicks) {
+  for (int64_t d : {200, 40}) {  // projected, and kept as they are (d <= proj_dim)
+    SCOPED_TRACE(::testing::Message() << "d=" << d);
+    const Tensor x = random_matrix(3000, d, 7);
+    const auto p = params(0.05, 64, 3);
+    const MatrixView view{x.ptr(), x.dim(0), x.dim(1)};
+    const Tensor projected = coreset_search_rows(view, p.proj_dim, p.seed);
+    ASSERT_EQ(projected.dim(1), std::min<int64_t>(d, 64));
+    CoresetStats a, b;
+    const auto picks = greedy_coreset(view, p, {}, &a);
+    EXPECT_EQ(greedy_coreset_projected({projected.ptr(), 3000, projected.dim(1)}, p, {}, &b),
+              picks);
+    EXPECT_EQ(a.radius, b.radius);
+    // The radius is the last pick's distance from the picks before it, and no row lies farther
+    // from the picks.
+    const int64_t k = projected.dim(1);
+    float last = std::numeric_limits<float>::max();
+    for (size_t j = 0; j + 1 < picks.size(); ++j)
+      last = std::min(last,
+                      coreset_sq_distance(projected.row(picks.back()), projected.row(picks[j]), k));
+    EXPECT_FLOAT_EQ(a.radius, std::sqrt(last));
+    for (int64_t i = 0; i < 3000; ++i) {
+      float nearest = std::numeric_limits<float>::max();
+      for (int64_t pick : picks)
+        nearest = std::min(nearest, coreset_sq_distance(projected.row(i), projected.row(pick), k));
+      ASSERT_LE(std::sqrt(nearest), a.radius) << "row " << i;
+    }
+  }
+}
+
+TEST(CoresetProjection, ChunksProjectedApartEqualTheWhole) {
+  const Tensor x = random_matrix(2500, 300, 11);
+  const auto m = coreset_projection_matrix(300, 32, 5);
+  const Tensor whole = coreset_project(x, m, 32, 2);
+  for (int64_t r0 : {0, 1024, 2048}) {
+    const int64_t rows = std::min<int64_t>(1024, 2500 - r0);
+    const Tensor part = coreset_project(MatrixView{x.row(r0), rows, 300}, m, 32, 1);
+    EXPECT_TRUE(std::equal(part.data.begin(), part.data.end(), whole.row(r0))) << r0;
+  }
+}
+
+// The plain continuation: one full pass per pick.
+std::vector<int64_t> extend_reference(const Tensor& rows, std::vector<float> sq, float radius,
+                                      int64_t max_picks) {
+  std::vector<int64_t> picks;
+  while (max_picks < 0 || std::ssize(picks) < max_picks) {
+    const auto best = std::max_element(sq.begin(), sq.end()) - sq.begin();
+    if (!(sq[best] > radius * radius)) break;
+    picks.push_back(best);
+    for (int64_t i = 0; i < rows.dim(0); ++i)
+      sq[i] = std::min(sq[i], coreset_sq_distance(rows.row(i), rows.row(best), rows.dim(1)));
+  }
+  return picks;
+}
+
+TEST(Coreset, ExtendPicksFarthestFirstUntilTheRadius) {
+  const Tensor bank = random_matrix(400, 16, 1);
+  Tensor rows = random_matrix(5000, 16, 2, 1.5f);
+  for (int64_t i = 0; i < 100; ++i)  // some new rows repeat bank rows: distance 0
+    std::copy_n(bank.row(i), 16, rows.row(i));
+  std::vector<float> sq(5000);
+  for (int64_t i = 0; i < 5000; ++i) {
+    sq[i] = std::numeric_limits<float>::max();
+    for (int64_t j = 0; j < 400; ++j)
+      sq[i] = std::min(sq[i], coreset_sq_distance(rows.row(i), bank.row(j), 16));
+  }
+  const MatrixView view{rows.ptr(), 5000, 16};
+  for (float radius : {2.0f, 3.5f, 100.0f}) {
+    SCOPED_TRACE(radius);
+    std::vector<float> d = sq;
+    const auto picks = coreset_extend(view, d, radius, -1, 2);
+    EXPECT_EQ(picks, extend_reference(rows, sq, radius, -1));
+    for (int64_t pick : picks) EXPECT_GE(pick, 100);
+    for (float v : d) EXPECT_LE(v, radius * radius);
+    if (radius == 100.0f) {
+      EXPECT_TRUE(picks.empty());
+    }
+  }
+  std::vector<float> d = sq;
+  const auto capped = coreset_extend(view, d, 0.0f, 25, 2);
+  EXPECT_EQ(capped.size(), 25u);
+  EXPECT_EQ(capped, extend_reference(rows, sq, 0.0f, 25));
+}
+
 TEST(Coreset, DISABLED_Benchmark) {
   for (int64_t n : {int64_t{200000}}) {  // synthetic clusters, 1 % picks
     const Tensor x = clustered(n, 128, 77);

@@ -43,6 +43,12 @@ void add_bench(CLI::App& app);
 void add_import(CLI::App& app);
 void add_features(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_update(CLI::App& app);
+void add_merge(CLI::App& app);
+
+/// Throws Error(bad_input) naming the file when it could not be written in the end (no
+/// folder, not writable, a folder).
+void check_writable_target(const std::filesystem::path& file);
 
 /// Exit code a verb asks for when it ran but could not do all of it (e.g. skipped images).
 inline int& exit_code() {

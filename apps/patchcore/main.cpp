@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   patchcore::cli::add_import(app);
   patchcore::cli::add_features(app);
   patchcore::cli::add_serve(app);
+  patchcore::cli::add_update(app);
+  patchcore::cli::add_merge(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -146,6 +146,31 @@ struct Params {
   /// out: a multiple of the thread count uses the cores best.
   int batch_size = 8;
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
+
+  /// Bytes fit may hold for the patch features before the coreset is chosen; 0: 80 % of the
+  /// memory the kernel reports available (MemAvailable). Beyond it, fit streams the features to
+  /// a nameless file in scratch_folder, keeps only the coreset's projected rows in memory and
+  /// reads the chosen rows back (the same picks); when even those would not fit it throws
+  /// Error(bad_input) before any extraction. A choice of this run, not stored in the model.
+  int64_t max_memory = 0;
+  /// Where streamed features go (the CLI: the output model's folder); empty: the current one.
+  std::filesystem::path scratch_folder;
+};
+
+/// Options of Model::update().
+struct UpdateParams {
+  /// Add at most this many memory bank rows; < 0: no limit.
+  int64_t max_rows = -1;
+  /// Coverage radius to continue from, in the coreset's projected space; 0: the radius the model
+  /// stored at fit. Models written before the radius was stored need this (or max_rows alone,
+  /// which then adds the farthest new patches up to that count).
+  double radius = 0;
+};
+
+/// Which part of a training set a partial model covers: images index, index + count, ...
+struct Shard {
+  int index = 0;
+  int count = 1;
 };
 
 /// 8-bit pixels in memory, not owned: what a caller with a decoded image (a camera frame, a
@@ -230,6 +255,31 @@ class Model {
   /// an invalid view before any work.
   static Model fit(const std::vector<ImageView>& images, const Params& params,
                    const Callbacks& callbacks = {});
+  /// Fits a partial model on every shard.count-th image of `images` starting at shard.index,
+  /// for merge(). A shard keeps twice its share of the bank (coreset ratio 2 r, floor
+  /// ceil(2 coreset_min / count)), so that the merged greedy selection has candidates from
+  /// every region of the shard; the partial model records the shard and its patch count.
+  /// Throws Error(usage) for an index outside [0, count), Error(bad_input) for an empty shard.
+  static Model fit_shard(const std::vector<std::filesystem::path>& images, const Params& params,
+                         Shard shard, const Callbacks& callbacks = {});
+  /// One model from partial models of the same settings and backbone (fit_shard, or any
+  /// models): the greedy coreset over the union of their bank rows, as many picks as a fit on
+  /// all their images would make (ratio and floor of the shards' original settings), the
+  /// threshold from every part's held-out scores. Throws Error(bad_input) naming the part that
+  /// differs from the first, or has no stored held-out scores when another has.
+  static Model merge(const std::vector<const Model*>& parts, const Callbacks& callbacks = {});
+  /// Adds new normal images: their patches are scored against the bank and picked farthest-
+  /// first (the greedy coreset continued) until none lies farther than the coverage radius;
+  /// then the thresholds are recalibrated from held-out new images together with the stored
+  /// held-out scores. Returns the rows added. The history (info_json) records the update.
+  /// Unreadable images are reported through callbacks.log and skipped; throws
+  /// Error(bad_input) when none is left, or when the model stores no coverage radius and
+  /// params give neither radius nor max_rows.
+  int64_t update(const std::vector<std::filesystem::path>& images, const UpdateParams& params = {},
+                 const Callbacks& callbacks = {});
+  /// The same with pixels in memory.
+  int64_t update(const std::vector<ImageView>& images, const UpdateParams& params = {},
+                 const Callbacks& callbacks = {});
   /// Throws Error(bad_input) naming the file on a missing, truncated, foreign or newer file.
   static Model load(const std::filesystem::path& file, const Callbacks& callbacks = {});
   /// Writes atomically: a temporary file in the same folder, then a rename.

@@ -17,7 +17,10 @@
 // while another thread uses the same model. Every call runs its parallel work on OpenMP threads
 // whose count is set for that call on the calling thread and restored after it (Params::threads,
 // 0: all cores, shared among the library calls in flight); the library never changes
-// process-wide settings, except set_opencv_threads() when asked.
+// process-wide settings, except set_opencv_threads() when asked. Concurrent predictions on one
+// model each run the backbone on one of their own (built when first needed, up to one per core,
+// each holding the graph's weights; beyond that calls wait for one): a server gets the most out
+// of the cores by batching requests into one predict call rather than by many small calls.
 #pragma once
 
 #include <cstdint>

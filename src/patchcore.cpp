@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <exception>
@@ -19,6 +20,7 @@
 #include <sstream>
 
 #include "backbone.h"
+#include "call_threads.h"
 #include "coreset.h"
 #include "embedding.h"
 #include "error.h"
@@ -27,6 +29,7 @@
 #include "knn.h"
 #include "model_file.h"
 #include "overlay.h"
+#include "params.h"
 #include "scoring.h"
 #include "sha256.h"
 #include "threshold.h"
@@ -36,9 +39,6 @@ using nlohmann::json;
 
 namespace patchcore {
 namespace {
-
-const char* to_string(EmbeddingMode m) { return m == EmbeddingMode::paper ? "paper" : "concat"; }
-const char* to_string(Upsample u) { return u == Upsample::bilinear ? "bilinear" : "nearest"; }
 
 json params_to_json(const Params& p) {
   return json{{"preset", p.preset},
@@ -80,8 +80,7 @@ Params params_from_json(const json& j) {
   p.resize = resize_from_string(j.value("resize", "squash"));  // absent in older files
   p.resize_scale = j.value("resize_scale", 0.0);
   p.intensity = intensity_from_string(j.value("intensity", "keep"));
-  p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
-                                                                : EmbeddingMode::concat;
+  p.embedding = embedding_from_string(j.at("embedding").get<std::string>());
   p.patch_size = j.at("patch_size").get<int>();
   p.pretrain_dim = j.at("pretrain_dim").get<int>();
   p.target_dim = j.at("target_dim").get<int>();
@@ -93,8 +92,7 @@ Params params_from_json(const json& j) {
   p.squared_l2 = j.at("squared_l2").get<bool>();
   p.reweight = j.at("reweight").get<bool>();
   p.reweight_b = j.at("reweight_b").get<int>();
-  p.upsample =
-      j.at("upsample").get<std::string>() == "nearest" ? Upsample::nearest : Upsample::bilinear;
+  p.upsample = upsample_from_string(j.at("upsample").get<std::string>());
   p.blur_sigma = j.at("blur_sigma").get<double>();
   p.blur_reflect101 = j.value("blur_reflect101", false);
   p.holdout_fraction = j.at("holdout_fraction").get<double>();
@@ -118,32 +116,6 @@ Calibration calibration_from_json(const json& j) {
   c.max_score = j.at("max_score").get<double>();
   c.source = j.at("source").get<std::string>();
   return c;
-}
-
-void validate(const Params& p) {
-  if (p.image_size != 0 && (p.image_size < 32 || p.image_size > 4096))
-    throw_usage("--image-size must be between 32 and 4096, got " + std::to_string(p.image_size));
-  if (p.crop < 0 || (p.crop > 0 && p.image_size > 0 && p.crop > p.image_size))
-    throw_usage("--crop must be between 0 and the image size");
-  if (!(p.coreset_ratio > 0)) throw_usage("--coreset-ratio must be > 0 (1 keeps every patch)");
-  if (p.patch_size < 1 || p.patch_size % 2 == 0) throw_usage("patch size must be odd and >= 1");
-  if (p.pretrain_dim < 1 || p.target_dim < 1) throw_usage("pooling dimensions must be >= 1");
-  if (p.coreset_min < 0) throw_usage("--coreset-min must be >= 0");
-  if (p.coreset_dim < 1) throw_usage("coreset projection dimension must be >= 1");
-  if (p.k < 1) throw_usage("k must be >= 1");
-  if (p.reweight_b < 1) throw_usage("the re-weighting neighbourhood b must be >= 1");
-  if (p.blur_sigma < 0) throw_usage("blur sigma must be >= 0");
-  if (p.holdout_fraction < 0 || p.holdout_fraction >= 1)
-    throw_usage("holdout fraction must be in [0, 1)");
-  if (p.batch_size < 1) throw_usage("batch size must be >= 1");
-  if (p.threads < 0) throw_usage("--threads must be >= 0");
-  if (p.max_memory < 0) throw_usage("--max-memory must be >= 0 (0: 80 % of the available memory)");
-}
-
-void apply_threads(int threads) {
-  const int n = threads > 0 ? threads : std::max(1, omp_get_num_procs());
-  omp_set_num_threads(n);
-  cv::setNumThreads(n);
 }
 
 // Available memory as the kernel estimates it; 0 when unknown.
@@ -240,10 +212,9 @@ struct Model::Impl {
   int grid_h = 0, grid_w = 0;
   std::string created_by;
 
+  // Searched by concurrent calls: built on the calling thread's OpenMP count (0), so that
+  // each search runs on its call's threads; its statistics are atomic.
   std::unique_ptr<NearestNeighbors> nn;
-  // OpenCV's Net::forward is not re-entrant: predictions share the network under a lock.
-  mutable std::mutex mutex;
-  mutable std::unique_ptr<Backbone> backbone;
   std::string source_file;  // for messages about a loaded model
 
   // What lets a model grow (update, merge), optional entries of the file: the coverage radius
@@ -281,6 +252,66 @@ struct Model::Impl {
   std::unique_ptr<Impl> same_settings() const;
   std::string name() const { return source_file.empty() ? std::string("(model)") : source_file; }
   void load_growth(ModelFileContents& c, const fs::path& file);
+  // Backbones, built on first use. A forward is not re-entrant (OpenCV's Net, the GEMM
+  // engine's workspaces), so each call takes one from the pool for its batch and gives it back;
+  // when all are busy another is built, up to one per core (each holds the graph's weights),
+  // beyond which calls wait. Built on the calling thread's OpenMP count (0): a forward runs on
+  // its call's threads.
+  mutable std::mutex pool_mutex;
+  mutable std::condition_variable pool_returned;
+  mutable std::vector<std::unique_ptr<Backbone>> idle;
+  mutable int built = 0;
+
+  // A backbone of the pool for one scope.
+  class Lease {
+   public:
+    explicit Lease(const Impl& m) : m_(m), net_(m.acquire()) {}
+    ~Lease() { m_.release(std::move(net_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Backbone& operator*() const { return *net_; }
+    Backbone* operator->() const { return net_.get(); }
+
+   private:
+    const Impl& m_;
+    std::unique_ptr<Backbone> net_;
+  };
+
+  std::unique_ptr<Backbone> acquire() const {
+    std::unique_lock<std::mutex> lock(pool_mutex);
+    pool_returned.wait(lock, [&] { return !idle.empty() || built < available_cores(); });
+    if (!idle.empty()) {
+      std::unique_ptr<Backbone> b = std::move(idle.back());
+      idle.pop_back();
+      return b;
+    }
+    ++built;
+    lock.unlock();  // building takes a while: others may use the idle ones meanwhile
+    try {
+      return make_backbone(onnx, layers, 0, params.engine);
+    } catch (...) {
+      lock.lock();
+      --built;
+      pool_returned.notify_one();
+      throw;
+    }
+  }
+
+  void release(std::unique_ptr<Backbone> b) const {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      idle.push_back(std::move(b));
+    }
+    pool_returned.notify_one();
+  }
+
+  // Drops the built backbones (the engine changed); no call may be running.
+  void reset_pool() {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    PATCHCORE_ASSERT(static_cast<int>(idle.size()) == built);
+    idle.clear();
+    built = 0;
+  }
 
   Preprocess preprocess() const {
     return Preprocess{image_size,    params.crop,         normalization,
@@ -296,11 +327,6 @@ struct Model::Impl {
   }
   MapParams map_params() const {
     return MapParams{params.upsample, params.blur_sigma, params.blur_reflect101};
-  }
-
-  Backbone& net() const {
-    if (!backbone) backbone = make_backbone(onnx, layers, params.threads, params.engine);
-    return *backbone;
   }
 
   // Loads and pre-processes a batch of `count` images (load(i) decodes image i, throwing
@@ -351,10 +377,9 @@ struct Model::Impl {
       preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
-    std::lock_guard<std::mutex> lock(mutex);
-    Backbone& b = net();  // built outside the timer: a one-off cost
+    const Lease net(*this);  // taken outside the timer: building one is a one-off cost
     StageTimer t(cb, "backbone", n_ok);
-    return b.forward(batch);
+    return net->forward(batch);
   }
 
   // extract(), then the patch embedding of the images in `ok`.
@@ -412,6 +437,12 @@ struct Model::Impl {
   }
 };
 
+void set_opencv_threads(int threads) {
+  if (threads < 0)
+    throw_usage("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
+  cv::setNumThreads(threads > 0 ? threads : available_cores());
+}
+
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
@@ -423,8 +454,8 @@ void Model::set_calibration(const Calibration& c) { impl_->calibration = c; }
 int Model::map_size() const { return impl_->input_size(); }
 
 double Model::backbone_flops_per_image() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->net().flops_per_image(impl_->input_size(), impl_->input_size());
+  const Impl::Lease net(*impl_);
+  return net->flops_per_image(impl_->input_size(), impl_->input_size());
 }
 
 double Model::knn_exact_per_patch() const {
@@ -434,22 +465,19 @@ double Model::knn_exact_per_patch() const {
 bool Model::knn_coarse_stage() const { return impl_->nn && impl_->nn->coarse_stage(); }
 
 void Model::set_threads(int threads) {
-  if (threads < 0) throw_usage("--threads must be >= 0");
+  if (threads < 0)
+    throw_usage("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
   impl_->params.threads = threads;
-  apply_threads(threads);
-  impl_->backbone.reset();  // rebuilt with the new count on next use
-  if (impl_->nn) impl_->nn->set_threads(threads);
 }
 
 void Model::set_engine(BackboneEngine engine) {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->reset_pool();
   impl_->params.engine = engine;
-  impl_->backbone.reset();
 }
 
 std::string Model::backbone_engine() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->net().engine();
+  const Impl::Lease net(*impl_);
+  return net->engine();
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {
@@ -468,40 +496,21 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
                                               const Params& params, const Callbacks& cb) {
   validate(params);
   if (n == 0) throw_bad_input("(training set)", "no images to fit on");
-  apply_threads(params.threads);
+  const CallThreads threads(params.threads);
   auto impl = std::make_unique<Impl>();
   impl->params = params;
   Impl& m = *impl;
 
-  // Resolve the backbone: a built-in name or an ONNX file.
-  const auto builtin = builtin_backbone(params.backbone);
-  if (builtin) {
-    m.layers = params.layers.empty() ? builtin->default_layers : params.layers;
-    m.normalization = params.normalization.empty()
-                          ? builtin->normalization
-                          : normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0 ? params.image_size : builtin->default_image_size;
-  } else {
-    if (!fs::exists(params.backbone))
-      throw_bad_input(params.backbone,
-                      "not a built-in backbone (inception_v3, mobilenet_v2) and no such file");
-    const BackboneInfo file = onnx_backbone_info(params.backbone);
-    m.layers = params.layers.empty() ? file.default_layers : params.layers;
-    if (m.layers.empty())
-      throw_usage("--layers is required with this ONNX backbone (" + params.backbone + ")");
-    if (params.normalization.empty() && !file.has_normalization)
-      throw_usage("--normalize is required with this ONNX backbone (" + params.backbone + ")");
-    m.normalization = params.normalization.empty()
-                          ? file.normalization
-                          : normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0         ? params.image_size
-                   : file.default_image_size > 0 ? file.default_image_size
-                                                 : 224;
-  }
-  if (params.crop > m.image_size) throw_usage("--crop must not exceed the image size");
+  const BackboneSpec spec = resolve_backbone(params);
+  m.layers = spec.layers;
+  m.normalization = normalization_from_string(spec.normalization);
+  m.image_size = spec.image_size;
+  if (params.crop > m.image_size)
+    throw_usage("crop (" + std::to_string(params.crop) + ") must not exceed image_size (" +
+                std::to_string(m.image_size) + ")");
   if (params.resize != Resize::squash && params.crop > 0)
-    throw_usage(std::string("--resize ") + to_string(params.resize) +
-                " keeps the whole image: it cannot be combined with --crop");
+    throw_usage(std::string("resize ") + to_string(params.resize) +
+                " keeps the whole image: it cannot be combined with crop");
   int largest = 0;
   if (params.resize == Resize::fixed || params.intensity == Intensity::automatic) {
     // What the rules need from the training images: the largest side (fixed: it fills S) and
@@ -560,7 +569,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   // Memory bank: greedy coreset over every training patch.
   const CoresetParams cp{
       params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
-      params.threads};
+      threads.count()};
   std::vector<int64_t> picks;
   CoresetStats stats;
   {
@@ -581,14 +590,14 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   for (int64_t r : picks)
     if (!s.row_held[static_cast<size_t>(r / s.rows_per_image)]) sub_rows.push_back(r);
   if (s.any_held() && !sub_rows.empty())
-    m.score_held(NearestNeighbors(gather_rows(*s.store, sub_rows), params.threads), s, cb);
+    m.score_held(NearestNeighbors(gather_rows(*s.store, sub_rows), threads.count()), s, cb);
   m.calibrate(cb);
   m.history.push_back(json{{"action", "fit"},
                            {"time", utc_now()},
                            {"images", s.images()},
                            {"patches", features.rows},
                            {"rows", m.bank.dim(0)}});
-  m.nn = std::make_unique<NearestNeighbors>(m.bank, params.threads);
+  m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return impl;
 }
 
@@ -656,10 +665,10 @@ std::unique_ptr<FeatureStore> Model::Impl::make_store(int64_t dim, int64_t rows_
     std::snprintf(msg, sizeof msg,
                   "the %lld training patches need about %.2f GB even with their features on "
                   "disk (%.2f GB in memory) but %.2f GB may be used (%s); use a smaller "
-                  "--image-size, fewer images per process (fit --shard I/K, then merge), a "
-                  "smaller --coreset-ratio, or a larger --max-memory",
+                  "image_size, fewer images per process (a fit in shards, then a merge), a "
+                  "smaller coreset_ratio, or a larger max_memory",
                   static_cast<long long>(rows), streamed / 1e9, in_memory / 1e9, limit / 1e9,
-                  params.max_memory > 0 ? "--max-memory" : "80 % of the available memory");
+                  params.max_memory > 0 ? "max_memory" : "80 % of the available memory");
     throw_bad_input("(training set)", msg);
   }
   const fs::path folder = params.scratch_folder.empty() ? fs::path(".") : params.scratch_folder;
@@ -669,7 +678,7 @@ std::unique_ptr<FeatureStore> Model::Impl::make_store(int64_t dim, int64_t rows_
                 features / 1e9, limit / 1e9, folder.string().c_str(), streamed / 1e9);
   log(cb, LogLevel::info, msg);
   return std::make_unique<FeatureStore>(rows, dim, folder, params.coreset_dim, params.seed,
-                                        params.threads);
+                                        omp_get_max_threads());  // the call's count
 }
 
 void Model::Impl::check_dim(int64_t dim) const {
@@ -710,8 +719,8 @@ void Model::Impl::calibrate(const Callbacks& cb) {
     return;
   }
   // Nothing held out: the best guess is the bank's own spread (each bank row's distance to its
-  // nearest other row), which a user should replace through eval or --threshold.
-  NearestNeighbors self(bank, params.threads);
+  // nearest other row), which a user should replace by evaluating on labelled images.
+  NearestNeighbors self(bank, omp_get_max_threads());  // the call's count
   const int64_t rows = bank.dim(0);
   std::vector<float> d(static_cast<size_t>(rows) * 2);
   std::vector<int64_t> idx(static_cast<size_t>(rows) * 2);
@@ -725,18 +734,19 @@ void Model::Impl::calibrate(const Callbacks& cb) {
   calibration = calibrate_from_normal(nearest, nearest);
   calibration.source = "guess";
   log(cb, LogLevel::warning,
-      "too few training images to hold any out: the threshold is a guess; set one with "
-      "`patchcore eval --save-threshold` or `predict --threshold`");
+      "too few training images to hold any out: the threshold is a guess; set one by "
+      "evaluating on labelled images or by hand");
 }
 
 std::vector<Prediction> Model::Impl::predict(size_t count,
                                              const std::function<cv::Mat(size_t)>& load,
                                              const std::function<std::string(size_t)>& name,
                                              const Callbacks& cb) const {
-  apply_threads(params.threads);
+  CallThreads threads(params.threads);
   std::vector<Prediction> out;
   const size_t bs = static_cast<size_t>(params.batch_size);
   for (size_t start = 0; start < count; start += bs) {
+    if (start > 0) threads.update();  // calls that started or ended meanwhile change the share
     const size_t n = std::min(count, start + bs) - start;
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
@@ -897,6 +907,7 @@ Model Model::load(const fs::path& file, const Callbacks&) {
     throw_bad_input(file.string(), std::string("invalid model description: ") + e.what());
   }
   m.params.threads = 0;
+  const CallThreads threads(0);
   m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return Model(std::move(impl));
 }
@@ -939,21 +950,21 @@ std::unique_ptr<Model::Impl> Model::Impl::same_settings() const {
 int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load,
                             const UpdateParams& up, const Callbacks& cb) {
   if (up.radius < 0 || !std::isfinite(up.radius))
-    throw_usage("--radius must be a distance >= 0 (0: the model's own)");
+    throw_usage("radius must be a distance >= 0 (0: the model's own)");
   if (n == 0) throw_bad_input("(new images)", "no images to add");
   double r = up.radius > 0 ? up.radius : radius;
   if (r < 0) {
     if (up.max_rows < 0)
       throw_bad_input(name(),
                       "the model stores no coverage radius (written before `patchcore update` "
-                      "existed): give --radius R (an L2 distance in the coreset's projected "
-                      "space) or --max-rows N, or fit the model again");
+                      "existed): give a radius (an L2 distance in the coreset's projected "
+                      "space) or max_rows, or fit the model again");
     r = 0;
     log(cb, LogLevel::warning,
         "the model stores no coverage radius: adding the " + std::to_string(up.max_rows) +
             " new patches farthest from the bank");
   }
-  apply_threads(params.threads);
+  const CallThreads threads(params.threads);
   const int64_t updates = std::count_if(history.begin(), history.end(), [](const json& h) {
     return h.value("action", "") == "update";
   });
@@ -970,18 +981,18 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
   {
     StageTimer t(cb, "coreset", features.rows);
     const Tensor bank_rows = coreset_search_rows({bank.ptr(), bank.dim(0), bank.dim(1)},
-                                                 params.coreset_dim, params.seed, params.threads);
+                                                 params.coreset_dim, params.seed, threads.count());
     // A streamed store projected its rows as they arrived.
     const Tensor new_rows =
         s.store->streamed()
             ? coreset_search_rows(s.store->projected(), params.coreset_dim, params.seed, 1)
-            : coreset_search_rows(features, params.coreset_dim, params.seed, params.threads);
+            : coreset_search_rows(features, params.coreset_dim, params.seed, threads.count());
     std::vector<float> sq(static_cast<size_t>(features.rows));
     std::vector<int64_t> nearest(static_cast<size_t>(features.rows));
-    NearestNeighbors(bank_rows, params.threads)
+    NearestNeighbors(bank_rows, threads.count())
         .search(new_rows.ptr(), features.rows, 1, sq.data(), nearest.data());
     picks = coreset_extend({new_rows.ptr(), new_rows.dim(0), new_rows.dim(1)}, sq,
-                           static_cast<float>(r), up.max_rows, params.threads);
+                           static_cast<float>(r), up.max_rows, threads.count());
   }
 
   // Held-out new images against the old bank and the other new images' picks.
@@ -990,8 +1001,9 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
     std::vector<int64_t> sub_rows;
     for (int64_t row : picks)
       if (!s.row_held[static_cast<size_t>(row / s.rows_per_image)]) sub_rows.push_back(row);
-    score_held(NearestNeighbors(stack_rows(bank, gather_rows(*s.store, sub_rows)), params.threads),
-               s, cb);
+    score_held(
+        NearestNeighbors(stack_rows(bank, gather_rows(*s.store, sub_rows)), threads.count()), s,
+        cb);
   }
   bank = stack_rows(bank, gather_rows(*s.store, picks));
   if (old_scores == 0 && radius < 0)
@@ -1001,7 +1013,7 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
   if (calibration.source == "f1" || calibration.source == "user")
     log(cb, LogLevel::warning,
         "the threshold set by eval or by hand (" + std::to_string(calibration.image_threshold) +
-            ") is replaced by one from the held-out images; run eval --save-threshold again "
+            ") is replaced by one from the held-out images; evaluate on labelled images again "
             "to restore an F1-optimal one");
   if (!hold_scores.empty()) calibrate(cb);
   patches += features.rows;
@@ -1016,7 +1028,7 @@ int64_t Model::Impl::update(size_t n, const std::function<cv::Mat(size_t)>& load
   log(cb, LogLevel::info,
       "added " + std::to_string(picks.size()) + " memory bank rows from " +
           std::to_string(features.rows) + " new patches (now " + std::to_string(bank.dim(0)) + ")");
-  nn = std::make_unique<NearestNeighbors>(bank, params.threads);
+  nn = std::make_unique<NearestNeighbors>(bank, 0);
   return std::ssize(picks);
 }
 
@@ -1036,7 +1048,7 @@ int64_t Model::update(const std::vector<ImageView>& images, const UpdateParams& 
 Model Model::fit_shard(const std::vector<fs::path>& images, const Params& params, Shard shard,
                        const Callbacks& cb) {
   if (shard.count < 1 || shard.index < 0 || shard.index >= shard.count)
-    throw_usage("--shard I/K needs 0 <= I < K, got " + std::to_string(shard.index) + "/" +
+    throw_usage("shard I/K needs 0 <= I < K, got " + std::to_string(shard.index) + "/" +
                 std::to_string(shard.count));
   std::vector<fs::path> mine;
   for (size_t i = static_cast<size_t>(shard.index); i < images.size();
@@ -1113,7 +1125,7 @@ Model Model::merge(const std::vector<const Model*>& parts, const Callbacks& cb) 
                          target.seed,
                          10,
                          target.threads};
-  apply_threads(target.threads);
+  const CallThreads threads(target.threads);
   std::vector<int64_t> picks;
   CoresetStats stats;
   {
@@ -1139,7 +1151,7 @@ Model Model::merge(const std::vector<const Model*>& parts, const Callbacks& cb) 
                            {"images", images},
                            {"patches", m.patches},
                            {"rows", m.bank.dim(0)}});
-  m.nn = std::make_unique<NearestNeighbors>(m.bank, target.threads);
+  m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return Model(std::move(impl));
 }
 

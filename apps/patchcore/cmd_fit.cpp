@@ -5,8 +5,6 @@
 #include <sstream>
 
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
 
 namespace patchcore::cli {
 
@@ -57,6 +55,7 @@ void add_fit(CLI::App& app) {
   cmd->callback([s] {
     Params params = resolve_fit_options(s->options);
     params.max_memory = s->max_memory;
+    set_opencv_threads(params.threads);
     check_writable_target(s->out);
     params.scratch_folder = std::filesystem::path(s->out).parent_path();
     std::optional<Shard> shard;

@@ -1,8 +1,6 @@
 #include <iostream>
 
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
 
 namespace patchcore::cli {
 

@@ -121,7 +121,8 @@ TEST(ModelFile, LayoutIsSafetensorsAndDeterministic) {
   EXPECT_EQ(h["backbone_onnx"]["dtype"], "U8");
   // Tensors are contiguous in name order and exactly fill the rest of the file.
   uint64_t expected = 0;
-  for (const char* name : {"backbone_onnx", "empty", "memory_bank", "minmax", "nothing"}) {
+  for (const char* name :
+       {"backbone_onnx", "empty", "memory_bank", "minmax", "nothing", patchcore::kChecksumTensor}) {
     EXPECT_EQ(h[name]["data_offsets"][0].get<uint64_t>(), expected) << name;
     expected = h[name]["data_offsets"][1].get<uint64_t>();
   }

@@ -266,19 +266,25 @@ struct Model::Impl {
       StageTimer t(cb, "embedding", static_cast<int64_t>(ok.size()));
       e = embed(features, embedding_params());
     }
-    // A model file's grid sizes every prediction's rows: it must be what the backbone gives.
-    if (bank.numel() > 0 && (e.grid_h != grid_h || e.grid_w != grid_w))
-      throw_bad_input(source_file.empty() ? params.backbone : source_file,
-                      "the backbone gives a " + std::to_string(e.grid_h) + "x" +
-                          std::to_string(e.grid_w) + " patch grid but the model's 'grid' says " +
-                          std::to_string(grid_h) + "x" + std::to_string(grid_w));
-    if (bank.numel() > 0 && e.patches.dim(1) != bank.dim(1))
-      throw_bad_input(source_file.empty() ? params.backbone : source_file,
-                      "the backbone gives " + std::to_string(e.patches.dim(1)) +
-                          "-dimensional patches but the memory bank holds " +
-                          std::to_string(bank.dim(1)) +
-                          ": the model was fitted with a different backbone or settings");
+    check_embedding(e);
     return e;
+  }
+
+  // A model file's grid sizes every prediction's rows, and its bank's width every distance:
+  // both must be what the backbone gives before anything is indexed with them.
+  void check_embedding(const Embedding& e) const {
+    if (bank.numel() == 0) return;  // fitting: the bank is made from these
+    const std::string who = source_file.empty() ? params.backbone : source_file;
+    if (e.grid_h != grid_h || e.grid_w != grid_w)
+      throw_bad_input(who, "the backbone gives a " + std::to_string(e.grid_h) + "x" +
+                               std::to_string(e.grid_w) +
+                               " patch grid but the model's 'grid' says " +
+                               std::to_string(grid_h) + "x" + std::to_string(grid_w));
+    if (e.patches.dim(1) != bank.dim(1))
+      throw_bad_input(who, "the backbone gives " + std::to_string(e.patches.dim(1)) +
+                               "-dimensional patches but the memory bank holds " +
+                               std::to_string(bank.dim(1)) +
+                               ": the model was fitted with a different backbone or settings");
   }
 
   // One image's patches against a bank: score and map.
@@ -707,7 +713,7 @@ class FieldReader {
 // Bounds that only keep a damaged or crafted value from sizing allocations or loops; any model
 // fit writes is well inside them.
 constexpr int64_t kMaxBatch = 4096;
-constexpr int64_t kMaxDim = 1 << 20;
+constexpr int64_t kMaxDim = 1 << 16;
 
 }  // namespace
 
@@ -827,6 +833,30 @@ Model Model::load(const fs::path& file, const Callbacks&) {
   m.params.threads = 0;
   m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return Model(std::move(impl));
+}
+
+void Model::check_backbone() const {
+  const Impl& m = *impl_;
+  const int s = m.input_size();
+  // A mid-grey image: any image exercises the shapes; its score must come out finite.
+  const cv::Mat grey(s, s, CV_8UC3, cv::Scalar(128, 128, 128));
+  Tensor batch({1, 3, s, s});
+  preprocess_into(grey, m.preprocess(), batch.ptr());
+  std::vector<Tensor> features;
+  {
+    std::lock_guard<std::mutex> lock(m.mutex);
+    try {
+      features = m.net().forward(batch);
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::internal) throw;
+      throw_bad_input(m.source_file, std::string("the stored backbone cannot run: ") + e.what());
+    }
+  }
+  const Embedding e = embed(features, m.embedding_params());
+  m.check_embedding(e);
+  const Prediction p = m.score(*m.nn, e.patches.row(0));
+  if (!std::isfinite(p.score))
+    throw_bad_input(m.source_file, "a blank image gets a non-finite score");
 }
 
 std::string Model::info_json() const {

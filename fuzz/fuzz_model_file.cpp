@@ -62,7 +62,12 @@ bool reseal(const fs::path& in, const fs::path& out) {
     if (name.empty() || c.u8.count(name) || name == patchcore::kChecksumTensor) return false;
   for (const auto& [name, t] : c.u8)
     if (name.empty() || name == patchcore::kChecksumTensor) return false;
-  patchcore::write_model_file(out, c);
+  try {
+    patchcore::write_model_file(out, c);
+  } catch (const Error& e) {
+    expect_bad_input(e);
+    return false;
+  }
   return true;
 }
 

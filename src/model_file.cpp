@@ -399,7 +399,7 @@ class Reader {
       if (it == j.end() || !it->is_object()) return false;
       return std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_string(); });
     };
-    if (!t.is_object() || t.value("algorithm", "") != kChecksumAlgorithm ||
+    if (!t.is_object() || !t.contains("algorithm") || t["algorithm"] != kChecksumAlgorithm ||
         !t.contains("header") || !t["header"].is_string() || !hex_map(t, "metadata") ||
         !hex_map(t, "tensors"))
       fail(table_name + " is not in the form format version 2 defines (algorithm " +

@@ -8,8 +8,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    patchcore::parse_torch_state_dict(
-        std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.pth");
+    patchcore::parse_torch_state_dict(std::string_view(reinterpret_cast<const char*>(data), size),
+                                      "fuzz.pth");
   } catch (const patchcore::Error& e) {
     if (e.kind() != patchcore::ErrorKind::bad_input) throw;  // an internal error is a bug
   }

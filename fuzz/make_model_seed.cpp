@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
     sp.n_per_defect = 0;
     patchcore::write_synthetic_dataset(data, sp);
     std::vector<fs::path> images;
-    for (const auto& e : fs::directory_iterator(data / "train" / "good")) images.push_back(e.path());
+    for (const auto& e : fs::directory_iterator(data / "train" / "good"))
+      images.push_back(e.path());
     std::sort(images.begin(), images.end());
     patchcore::Params p;
     p.backbone = "mobilenet_v2";

@@ -5,12 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csignal>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <charconv>
+#include <csignal>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -180,9 +179,7 @@ void write_all(int fd, const void* data, uint64_t size) {
 
 // "<name>.tmp-<pid>-": the writer's pid in the name tells a temporary file that a killed
 // process left behind from one that a running process is still writing.
-std::string temp_prefix(const fs::path& file) {
-  return file.filename().string() + ".tmp-";
-}
+std::string temp_prefix(const fs::path& file) { return file.filename().string() + ".tmp-"; }
 
 fs::path temp_name(const fs::path& file) {
   std::random_device rd;
@@ -315,7 +312,8 @@ class Reader {
       if (table_info == nullptr)
         fail("damaged or incomplete: format version " + std::to_string(out.format_version) +
              " files carry a checksum table ('" + kChecksumTensor + "'), this one has none");
-      if (table_info->is_f32) fail(std::string("corrupt header: '") + kChecksumTensor + "' is not U8");
+      if (table_info->is_f32)
+        fail(std::string("corrupt header: '") + kChecksumTensor + "' is not U8");
     }
     const bool verify = has_table && checksums_ == Checksums::verify;
 
@@ -416,12 +414,14 @@ class Reader {
       for (const auto& [k, v] : metadata)
         if (!listed.contains(k))
           fail("damaged: metadata entry '" + k + "' is not in the checksum table");
-      fail("damaged: the header (its tensor list, shapes, offsets or length) does not match "
-           "its checksum");
+      fail(
+          "damaged: the header (its tensor list, shapes, offsets or length) does not match "
+          "its checksum");
     }
     const json& listed = t["tensors"];
     for (const auto& [name, hash] : tensors) {
-      if (!listed.contains(name)) fail("damaged: tensor '" + name + "' is not in the checksum table");
+      if (!listed.contains(name))
+        fail("damaged: tensor '" + name + "' is not in the checksum table");
       if (listed[name].get<std::string>() != hex64(hash))
         fail("damaged: tensor '" + name + "' does not match its checksum");
     }

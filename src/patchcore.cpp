@@ -278,8 +278,8 @@ struct Model::Impl {
     if (e.grid_h != grid_h || e.grid_w != grid_w)
       throw_bad_input(who, "the backbone gives a " + std::to_string(e.grid_h) + "x" +
                                std::to_string(e.grid_w) +
-                               " patch grid but the model's 'grid' says " +
-                               std::to_string(grid_h) + "x" + std::to_string(grid_w));
+                               " patch grid but the model's 'grid' says " + std::to_string(grid_h) +
+                               "x" + std::to_string(grid_w));
     if (e.patches.dim(1) != bank.dim(1))
       throw_bad_input(who, "the backbone gives " + std::to_string(e.patches.dim(1)) +
                                "-dimensional patches but the memory bank holds " +
@@ -666,9 +666,8 @@ class FieldReader {
       fail(entry + "." + field, "is not an integer: " + v.dump());
     const int64_t x = v.get<int64_t>();
     if (x < lo || x > hi)
-      fail(entry + "." + field,
-           "is " + std::to_string(x) + ", outside [" + std::to_string(lo) + ", " +
-               std::to_string(hi) + "]");
+      fail(entry + "." + field, "is " + std::to_string(x) + ", outside [" + std::to_string(lo) +
+                                    ", " + std::to_string(hi) + "]");
     return x;
   }
 
@@ -678,8 +677,8 @@ class FieldReader {
     if (!v.is_number()) fail(entry + "." + field, "is not a number: " + v.dump());
     const double x = v.get<double>();
     if (!std::isfinite(x) || x < lo || x > hi)
-      fail(entry + "." + field, "is " + v.dump() + ", outside [" + std::to_string(lo) + ", " +
-                                    std::to_string(hi) + "]");
+      fail(entry + "." + field,
+           "is " + v.dump() + ", outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     return x;
   }
 
@@ -727,8 +726,7 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   bank = std::move(bank_it->second);
   onnx = std::move(onnx_it->second);
   if (bank.shape.size() != 2 || bank.dim(0) < 1 || bank.dim(1) < 1 || bank.dim(1) > kMaxDim)
-    r.fail("memory_bank", "is not a [rows >= 1, dim in 1.." + std::to_string(kMaxDim) +
-                              "] matrix");
+    r.fail("memory_bank", "is not a [rows >= 1, dim in 1.." + std::to_string(kMaxDim) + "] matrix");
   const int64_t rows = bank.dim(0), dim = bank.dim(1);
   bool finite = true;
 #pragma omp parallel for reduction(&& : finite)
@@ -756,24 +754,25 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   if (params.normalization != to_string(normalization))
     r.fail("params.normalization", "differs from backbone.normalization");
   params.image_size = static_cast<int>(r.integer(p, e, "image_size", 32, 4096));
-  if (params.image_size != image_size) r.fail("params.image_size", "differs from backbone.image_size");
+  if (params.image_size != image_size)
+    r.fail("params.image_size", "differs from backbone.image_size");
   params.crop = static_cast<int>(r.integer(p, e, "crop", 0, image_size));
   // Absent in files written before these options existed: their defaults then.
-  params.resize = resize_from_string(p.contains("resize") ? r.choice(p, e, "resize",
-                                                                     {"squash", "pad", "fixed"})
-                                                          : "squash");
+  params.resize = resize_from_string(
+      p.contains("resize") ? r.choice(p, e, "resize", {"squash", "pad", "fixed"}) : "squash");
   params.resize_scale = p.contains("resize_scale") ? r.number(p, e, "resize_scale", 0, 1e6) : 0;
   params.intensity = intensity_from_string(
       p.contains("intensity") ? r.choice(p, e, "intensity", {"keep", "standardize"}) : "keep");
-  params.embedding =
-      r.choice(p, e, "embedding", {"paper", "concat"}) == "paper" ? EmbeddingMode::paper
-                                                                  : EmbeddingMode::concat;
+  params.embedding = r.choice(p, e, "embedding", {"paper", "concat"}) == "paper"
+                         ? EmbeddingMode::paper
+                         : EmbeddingMode::concat;
   params.pretrain_dim = static_cast<int>(r.integer(p, e, "pretrain_dim", 1, kMaxDim));
   params.target_dim = static_cast<int>(r.integer(p, e, "target_dim", 1, kMaxDim));
   if (params.embedding == EmbeddingMode::paper && dim != params.target_dim)
-    r.fail("memory_bank", "has " + std::to_string(dim) + "-dimensional rows but the paper "
-                          "embedding gives params.target_dim = " +
-                          std::to_string(params.target_dim));
+    r.fail("memory_bank", "has " + std::to_string(dim) +
+                              "-dimensional rows but the paper "
+                              "embedding gives params.target_dim = " +
+                              std::to_string(params.target_dim));
   params.coreset_ratio = r.number(p, e, "coreset_ratio", 1e-12, 1e12);
   params.coreset_dim = static_cast<int>(r.integer(p, e, "coreset_dim", 1, kMaxDim));
   params.coreset_min = p.contains("coreset_min") ? r.integer(p, e, "coreset_min", 0, INT64_MAX) : 0;
@@ -783,7 +782,8 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   params.k = static_cast<int>(r.integer(p, e, "k", 1, std::min<int64_t>(rows, 1 << 20)));
   params.squared_l2 = r.flag(p, e, "squared_l2");
   params.reweight = r.flag(p, e, "reweight");
-  params.reweight_b = static_cast<int>(r.integer(p, e, "reweight_b", 1, std::min<int64_t>(rows, 1 << 20)));
+  params.reweight_b =
+      static_cast<int>(r.integer(p, e, "reweight_b", 1, std::min<int64_t>(rows, 1 << 20)));
   params.upsample = r.choice(p, e, "upsample", {"bilinear", "nearest"}) == "nearest"
                         ? Upsample::nearest
                         : Upsample::bilinear;
@@ -808,7 +808,8 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   // backbone's, checked against the stored one before each prediction is indexed with it.
   grid_h = static_cast<int>(r.integer(grid_obj, "grid", "h", 1, s));
   grid_w = static_cast<int>(r.integer(grid_obj, "grid", "w", 1, s));
-  params.patch_size = static_cast<int>(r.integer(p, e, "patch_size", 1, 2 * std::max(grid_h, grid_w) + 1));
+  params.patch_size =
+      static_cast<int>(r.integer(p, e, "patch_size", 1, 2 * std::max(grid_h, grid_w) + 1));
   if (params.patch_size % 2 == 0) r.fail("params.patch_size", "is even");
 
   const json cal = r.entry("calibration");

@@ -2,8 +2,8 @@
 // complete new one. For fit today; update and merge call the same helper.
 #pragma once
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>

@@ -506,10 +506,10 @@ TEST(ModelFileChecksums, TemporaryFilesOfKilledWritersAreRemoved) {
   const std::string dead = std::to_string(dead_pid());
   const std::string live = std::to_string(getpid());
   for (const std::string& name :
-       {"m.patchcore.tmp-" + dead + "-0123456789abcdef",   // a killed writer's
-        "m.patchcore.tmp-" + live + "-0123456789abcdef",   // a running writer's
+       {"m.patchcore.tmp-" + dead + "-0123456789abcdef",      // a killed writer's
+        "m.patchcore.tmp-" + live + "-0123456789abcdef",      // a running writer's
         "other.patchcore.tmp-" + dead + "-0123456789abcdef",  // another target's
-        std::string("m.patchcore.tmp-0123456789abcdef")})  // no pid: not ours to judge
+        std::string("m.patchcore.tmp-0123456789abcdef")})     // no pid: not ours to judge
     write_bytes(dir / name, "partial");
   write_model_file(file, small_contents());
   EXPECT_EQ(folder_entries(dir.path()),

@@ -70,9 +70,10 @@ class Reliability : public ::testing::Test {
     ASSERT_EQ(fit_->code, 0) << fit_->err;
   }
   static std::vector<std::string> fit_args(const fs::path& out) {
-    return {"fit",          "--data",        data().string(), "--out",     out.string(),
-            "--backbone",   "mobilenet_v2",  "--image-size",  "64",        "--coreset-min",
-            "200",          "--threads",     "1"};
+    return {"fit",        "--data",        data().string(), "--out",
+            out.string(), "--backbone",    "mobilenet_v2",  "--image-size",
+            "64",         "--coreset-min", "200",           "--threads",
+            "1"};
   }
   static fs::path data() { return tmp_->path() / "data"; }
   static fs::path model() { return tmp_->path() / "model.patchcore"; }
@@ -156,7 +157,8 @@ TEST_F(Reliability, CraftedGridIsRefusedBeforePredictIndexesWithIt) {
   // The reported crash: a header whose grid reads [95,35] for [35,35] (here 8 x 8) loaded, and
   // predict read past the image's patches. With valid checksums only the value check stops it.
   for (const json& grid : {json{95, 8}, json{8, 7}, json{7, 8}, json{1, 1}}) {
-    const fs::path f = crafted("grid", [&](ModelFileContents& c) { set_field(c, "grid", "", grid); });
+    const fs::path f =
+        crafted("grid", [&](ModelFileContents& c) { set_field(c, "grid", "", grid); });
     CmdResult r = run(local_, {"predict", "--model", f.string(), image().string()});
     EXPECT_EQ(r.code, 3) << grid << ": " << r.err;
     EXPECT_NE(r.err.find("grid"), std::string::npos) << r.err;
@@ -207,11 +209,13 @@ TEST_F(Reliability, CraftedValuesAreRefusedNamingTheField) {
     });
     CmdResult r = run(local_, {"predict", "--model", f.string(), image().string()});
     EXPECT_EQ(r.code, 3) << c.entry << "." << c.field << " = " << c.value << ": " << r.err;
-    EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.entry << "." << c.field << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos)
+        << c.entry << "." << c.field << ": " << r.err;
     EXPECT_NE(r.err.find(f.string()), std::string::npos) << r.err;
   }
   // A missing entry and a bank with a NaN in it.
-  const fs::path no_grid = crafted("no_grid", [](ModelFileContents& m) { m.metadata.erase("grid"); });
+  const fs::path no_grid =
+      crafted("no_grid", [](ModelFileContents& m) { m.metadata.erase("grid"); });
   CmdResult r = run(local_, {"info", no_grid.string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("'grid'"), std::string::npos) << r.err;

@@ -13,11 +13,10 @@ void verify(const std::string& file, const Model& model) {
   const nlohmann::json info = nlohmann::json::parse(model.info_json());
   const int version = info["format_version"].get<int>();
   const auto grid = info["grid"];
-  const std::string shapes = "the backbone runs and gives the stored " +
-                             std::to_string(grid[0].get<int>()) + "x" +
-                             std::to_string(grid[1].get<int>()) + " grid of " +
-                             std::to_string(info["memory_bank"]["dim"].get<int>()) +
-                             "-dimensional patches";
+  const std::string shapes =
+      "the backbone runs and gives the stored " + std::to_string(grid[0].get<int>()) + "x" +
+      std::to_string(grid[1].get<int>()) + " grid of " +
+      std::to_string(info["memory_bank"]["dim"].get<int>()) + "-dimensional patches";
   if (info.value("checksums", "") == "verified") {
     std::cout << file << ": ok: format version " << version
               << ", every byte matches its checksum, every value checked, " << shapes << "\n";

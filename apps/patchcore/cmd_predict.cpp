@@ -39,8 +39,9 @@ void add_predict(CLI::App& app) {
       if (fs::is_directory(p)) {
         const std::vector<fs::path> found = list_images(p);
         if (found.empty())
-          throw_bad_input(p, "no images in this folder (looked for png, jpg, jpeg, bmp, tif, "
-                             "tiff, webp)");
+          throw_bad_input(p,
+                          "no images in this folder (looked for png, jpg, jpeg, bmp, tif, "
+                          "tiff, webp)");
         images.insert(images.end(), found.begin(), found.end());
       } else if (!fs::exists(p)) {
         throw_bad_input(p, "no such file or folder");

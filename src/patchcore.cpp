@@ -10,6 +10,7 @@
 #include <exception>
 #include <fstream>
 #include <iomanip>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -151,6 +152,8 @@ class StageTimer {
   std::chrono::steady_clock::time_point start_;
 };
 
+class FieldReader;  // the checked reading of a model file's entries (Model::load)
+
 }  // namespace
 
 struct Model::Impl {
@@ -176,6 +179,11 @@ struct Model::Impl {
 
   // Load: the file's entries into this, each value checked (Model::load).
   void read_checked(ModelFileContents& c);
+  void read_bank(ModelFileContents& c, const FieldReader& r);
+  nlohmann::json read_backbone(const FieldReader& r);
+  nlohmann::json read_params(const FieldReader& r, const nlohmann::json& backbone);
+  void read_grid(const FieldReader& r, const nlohmann::json& params);
+  void read_calibration(const FieldReader& r);
 
   Preprocess preprocess() const {
     return Preprocess{image_size,    params.crop,         normalization,
@@ -718,7 +726,15 @@ constexpr int64_t kMaxDim = 1 << 16;
 
 void Model::Impl::read_checked(ModelFileContents& c) {
   const FieldReader r(c, source_file);
-  // The memory bank first: its shape bounds k and the re-weighting neighbourhood.
+  read_bank(c, r);  // first: its shape bounds k and the re-weighting neighbourhood
+  const json b = read_backbone(r);
+  const json p = read_params(r, b);
+  read_grid(r, p);
+  read_calibration(r);
+  created_by = c.metadata.count("created_by") ? c.metadata.at("created_by") : "";
+}
+
+void Model::Impl::read_bank(ModelFileContents& c, const FieldReader& r) {
   auto bank_it = c.f32.find("memory_bank");
   if (bank_it == c.f32.end()) throw_bad_input(source_file, "no 'memory_bank' tensor (F32)");
   auto onnx_it = c.u8.find("backbone_onnx");
@@ -727,12 +743,16 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   onnx = std::move(onnx_it->second);
   if (bank.shape.size() != 2 || bank.dim(0) < 1 || bank.dim(1) < 1 || bank.dim(1) > kMaxDim)
     r.fail("memory_bank", "is not a [rows >= 1, dim in 1.." + std::to_string(kMaxDim) + "] matrix");
-  const int64_t rows = bank.dim(0), dim = bank.dim(1);
-  bool finite = true;
-#pragma omp parallel for reduction(&& : finite)
-  for (int64_t i = 0; i < bank.numel(); ++i) finite = finite && std::isfinite(bank.data[i]);
-  if (!finite) r.fail("memory_bank", "holds a NaN or infinite value");
+  // Branch-free (NaN compares false) so that it vectorises: a pass over memory, not a loop.
+  int bad = 0;
+  const float* v = bank.ptr();
+  constexpr float kMax = std::numeric_limits<float>::max();
+#pragma omp parallel for reduction(| : bad)
+  for (int64_t i = 0; i < bank.numel(); ++i) bad |= !(std::fabs(v[i]) <= kMax);
+  if (bad) r.fail("memory_bank", "holds a NaN or infinite value");
+}
 
+json Model::Impl::read_backbone(const FieldReader& r) {
   const json b = r.entry("backbone");
   backbone_identity = r.text(b, "backbone", "identity");
   layers = r.names(b, "backbone", "layers");
@@ -743,7 +763,11 @@ void Model::Impl::read_checked(ModelFileContents& c) {
     throw_bad_input(source_file,
                     "the stored backbone does not match the backbone the model was fitted "
                     "with (sha256 differs)");
+  return b;
+}
 
+json Model::Impl::read_params(const FieldReader& r, const json& b) {
+  const int64_t rows = bank.dim(0), dim = bank.dim(1);
   const json p = r.entry("params");
   const std::string e = "params";
   params.preset = p.contains("preset") ? r.text(p, e, "preset") : "";
@@ -800,7 +824,12 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   params.blur_sigma = r.number(p, e, "blur_sigma", 0, s);
   if (r.integer(b, "backbone", "input_size", 1, 4096) != s)
     r.fail("backbone.input_size", "differs from the size params give (" + std::to_string(s) + ")");
+  return p;
+}
 
+void Model::Impl::read_grid(const FieldReader& r, const json& p) {
+  const std::string e = "params";
+  const int s = input_size();
   const json g = r.entry("grid");
   if (!g.is_array() || g.size() != 2) r.fail("grid", "is not [height, width]");
   const json grid_obj{{"h", g[0]}, {"w", g[1]}};
@@ -811,7 +840,9 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   params.patch_size =
       static_cast<int>(r.integer(p, e, "patch_size", 1, 2 * std::max(grid_h, grid_w) + 1));
   if (params.patch_size % 2 == 0) r.fail("params.patch_size", "is even");
+}
 
+void Model::Impl::read_calibration(const FieldReader& r) {
   const json cal = r.entry("calibration");
   const std::string ce = "calibration";
   const double big = 1e300;
@@ -820,7 +851,6 @@ void Model::Impl::read_checked(ModelFileContents& c) {
   calibration.min_score = r.number(cal, ce, "min_score", -big, big);
   calibration.max_score = r.number(cal, ce, "max_score", -big, big);
   calibration.source = r.text(cal, ce, "source");
-  created_by = c.metadata.count("created_by") ? c.metadata.at("created_by") : "";
 }
 
 Model Model::load(const fs::path& file, const Callbacks&) {

@@ -866,7 +866,7 @@ Model Model::load(const fs::path& file, const Callbacks&) {
   return Model(std::move(impl));
 }
 
-void Model::check_backbone() const {
+std::string Model::verify() const {
   const Impl& m = *impl_;
   const int s = m.input_size();
   // A mid-grey image: any image exercises the shapes; its score must come out finite.
@@ -888,6 +888,15 @@ void Model::check_backbone() const {
   const Prediction p = m.score(*m.nn, e.patches.row(0));
   if (!std::isfinite(p.score))
     throw_bad_input(m.source_file, "a blank image gets a non-finite score");
+  const std::string shapes = "every value checked, the backbone runs and gives the stored " +
+                             std::to_string(m.grid_h) + "x" + std::to_string(m.grid_w) +
+                             " grid of " + std::to_string(m.bank.dim(1)) + "-dimensional patches";
+  const std::string version = "format version " + std::to_string(m.file_format_version);
+  if (m.checksums_verified) return "ok: " + version + ", every byte matches its checksum, " + shapes;
+  return "ok, but " + version +
+         " carries no checksums: damage inside the memory bank or a text entry cannot be "
+         "detected; " +
+         shapes;
 }
 
 std::string Model::info_json() const {
@@ -901,8 +910,6 @@ std::string Model::info_json() const {
          {"memory_bank", {{"rows", m.bank.dim(0)}, {"dim", m.bank.dim(1)}}},
          {"grid", {m.grid_h, m.grid_w}},
          {"map_size", m.input_size()}};
-  // Of a loaded file: version 1 files carry no checksums.
-  if (!m.source_file.empty()) j["checksums"] = m.checksums_verified ? "verified" : "none";
   return j.dump(2);
 }
 

@@ -113,7 +113,6 @@ TEST_F(Reliability, VerifyAcceptsASoundModel) {
   EXPECT_NE(r.out.find(model().string()), std::string::npos) << r.out;
   CmdResult info = run(local_, {"info", model().string()});
   ASSERT_EQ(info.code, 0) << info.err;
-  EXPECT_EQ(json::parse(info.out)["checksums"], "verified");
   EXPECT_EQ(json::parse(info.out)["format_version"], patchcore::kModelFormatVersion);
 }
 

@@ -261,7 +261,11 @@ Tensor project_rows(MatrixView features, const std::vector<float>& matrix, int p
 
 // AVX2 and the default clone give the same bits: 16 independent lanes, each the same IEEE
 // sub, mul and add in the same order, and the same tree.
+#if defined(__clang__)  // clang refuses noinline beside target_clones (the fuzzing build)
+__attribute__((target_clones("avx2", "default"))) float coreset_sq_distance(
+#else
 __attribute__((noinline, target_clones("avx2", "default"))) float coreset_sq_distance(
+#endif
     const float* a, const float* b, int64_t d) {
   float acc[kLanes] = {};
   int64_t j = 0;

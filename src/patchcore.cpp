@@ -12,6 +12,7 @@
 #include <exception>
 #include <fstream>
 #include <iomanip>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -69,53 +70,12 @@ json params_to_json(const Params& p) {
               {"batch_size", p.batch_size}};
 }
 
-Params params_from_json(const json& j) {
-  Params p;
-  p.preset = j.value("preset", "");
-  p.backbone = j.at("backbone").get<std::string>();
-  p.layers = j.at("layers").get<std::vector<std::string>>();
-  p.normalization = j.at("normalization").get<std::string>();
-  p.image_size = j.at("image_size").get<int>();
-  p.crop = j.at("crop").get<int>();
-  p.resize = resize_from_string(j.value("resize", "squash"));  // absent in older files
-  p.resize_scale = j.value("resize_scale", 0.0);
-  p.intensity = intensity_from_string(j.value("intensity", "keep"));
-  p.embedding = embedding_from_string(j.at("embedding").get<std::string>());
-  p.patch_size = j.at("patch_size").get<int>();
-  p.pretrain_dim = j.at("pretrain_dim").get<int>();
-  p.target_dim = j.at("target_dim").get<int>();
-  p.coreset_ratio = j.at("coreset_ratio").get<double>();
-  p.coreset_dim = j.at("coreset_dim").get<int>();
-  p.coreset_min = j.value("coreset_min", int64_t{0});  // absent before the floor existed
-  p.seed = j.at("seed").get<uint64_t>();
-  p.k = j.at("k").get<int>();
-  p.squared_l2 = j.at("squared_l2").get<bool>();
-  p.reweight = j.at("reweight").get<bool>();
-  p.reweight_b = j.at("reweight_b").get<int>();
-  p.upsample = upsample_from_string(j.at("upsample").get<std::string>());
-  p.blur_sigma = j.at("blur_sigma").get<double>();
-  p.blur_reflect101 = j.value("blur_reflect101", false);
-  p.holdout_fraction = j.at("holdout_fraction").get<double>();
-  p.batch_size = j.at("batch_size").get<int>();
-  return p;
-}
-
 json calibration_to_json(const Calibration& c) {
   return json{{"image_threshold", c.image_threshold},
               {"pixel_threshold", c.pixel_threshold},
               {"min_score", c.min_score},
               {"max_score", c.max_score},
               {"source", c.source}};
-}
-
-Calibration calibration_from_json(const json& j) {
-  Calibration c;
-  c.image_threshold = j.at("image_threshold").get<double>();
-  c.pixel_threshold = j.at("pixel_threshold").get<double>();
-  c.min_score = j.at("min_score").get<double>();
-  c.max_score = j.at("max_score").get<double>();
-  c.source = j.at("source").get<std::string>();
-  return c;
 }
 
 // Available memory as the kernel estimates it; 0 when unknown.
@@ -197,6 +157,8 @@ class StageTimer {
   std::chrono::steady_clock::time_point start_;
 };
 
+class FieldReader;  // the checked reading of a model file's entries (Model::load)
+
 }  // namespace
 
 struct Model::Impl {
@@ -216,6 +178,16 @@ struct Model::Impl {
   // each search runs on its call's threads; its statistics are atomic.
   std::unique_ptr<NearestNeighbors> nn;
   std::string source_file;  // for messages about a loaded model
+  int file_format_version = kModelFormatVersion;  // of the file loaded (or to be written)
+  bool checksums_verified = false;                // loaded: every byte matched its checksum
+
+  // Load: the file's entries into this, each value checked (Model::load).
+  void read_checked(ModelFileContents& c);
+  void read_bank(ModelFileContents& c, const FieldReader& r);
+  nlohmann::json read_backbone(const FieldReader& r);
+  nlohmann::json read_params(const FieldReader& r, const nlohmann::json& backbone);
+  void read_grid(const FieldReader& r, const nlohmann::json& params);
+  void read_calibration(const FieldReader& r);
 
   // What lets a model grow (update, merge), optional entries of the file: the coverage radius
   // (the greedy coreset's last distance, in its projected space; < 0: unknown, an older file),
@@ -378,8 +350,14 @@ struct Model::Impl {
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
     const Lease net(*this);  // taken outside the timer: building one is a one-off cost
-    StageTimer t(cb, "backbone", n_ok);
-    return net->forward(batch);
+    try {
+      StageTimer t(cb, "backbone", n_ok);
+      return net->forward(batch);
+    } catch (const Error& e) {
+      // A loaded model's graph that does not take its own input size is a bad model file.
+      if (source_file.empty() || e.kind() == ErrorKind::internal) throw;
+      throw_bad_input(source_file, std::string("the stored backbone cannot run: ") + e.what());
+    }
   }
 
   // extract(), then the patch embedding of the images in `ok`.
@@ -393,8 +371,25 @@ struct Model::Impl {
       StageTimer t(cb, "embedding", static_cast<int64_t>(ok.size()));
       e = embed(features, embedding_params());
     }
-    check_dim(e.patches.dim(1));
+    check_embedding(e);
     return e;
+  }
+
+  // A model file's grid sizes every prediction's rows, and its bank's width every distance:
+  // both must be what the backbone gives before anything is indexed with them.
+  void check_embedding(const Embedding& e) const {
+    if (bank.numel() == 0) return;  // fitting: the bank is made from these
+    const std::string who = source_file.empty() ? params.backbone : source_file;
+    if (e.grid_h != grid_h || e.grid_w != grid_w)
+      throw_bad_input(who, "the backbone gives a " + std::to_string(e.grid_h) + "x" +
+                               std::to_string(e.grid_w) +
+                               " patch grid but the model's 'grid' says " + std::to_string(grid_h) +
+                               "x" + std::to_string(grid_w));
+    if (e.patches.dim(1) != bank.dim(1))
+      throw_bad_input(who, "the backbone gives " + std::to_string(e.patches.dim(1)) +
+                               "-dimensional patches but the memory bank holds " +
+                               std::to_string(bank.dim(1)) +
+                               ": the model was fitted with a different backbone or settings");
   }
 
   // One image's patches against a bank: score and map.
@@ -865,46 +860,247 @@ void Model::Impl::load_growth(ModelFileContents& c, const fs::path& file) {
   }
 }
 
+// ---------------------------------------------------------------- loading, every value checked
+namespace {
+
+// Reads the metadata entries of a model file. Every value a prediction relies on is checked
+// against its range and against what it describes before anything is sized or indexed with it;
+// a bad one names the file and the field ("params.k", "grid", ...). A crafted file carries
+// valid checksums, so this is the guard, not the checksum.
+class FieldReader {
+ public:
+  FieldReader(const ModelFileContents& c, std::string file) : c_(c), file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+    throw_bad_input(file_, "invalid model: '" + field + "' " + what);
+  }
+
+  json entry(const char* key) const {
+    auto it = c_.metadata.find(key);
+    if (it == c_.metadata.end()) throw_bad_input(file_, std::string("no '") + key + "' entry");
+    json j = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) fail(key, "is not valid JSON");
+    return j;
+  }
+
+  const json& at(const json& j, const std::string& entry, const char* field) const {
+    if (!j.is_object()) fail(entry, "is not a JSON object");
+    auto it = j.find(field);
+    if (it == j.end()) fail(entry + "." + field, "is missing");
+    return *it;
+  }
+
+  std::string text(const json& j, const std::string& entry, const char* field) const {
+    const json& v = at(j, entry, field);
+    if (!v.is_string()) fail(entry + "." + field, "is not a string");
+    return v.get<std::string>();
+  }
+
+  bool flag(const json& j, const std::string& entry, const char* field) const {
+    const json& v = at(j, entry, field);
+    if (!v.is_boolean()) fail(entry + "." + field, "is not true or false");
+    return v.get<bool>();
+  }
+
+  int64_t integer(const json& j, const std::string& entry, const char* field, int64_t lo,
+                  int64_t hi) const {
+    const json& v = at(j, entry, field);
+    if (!v.is_number_integer() ||
+        (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)))
+      fail(entry + "." + field, "is not an integer: " + v.dump());
+    const int64_t x = v.get<int64_t>();
+    if (x < lo || x > hi)
+      fail(entry + "." + field, "is " + std::to_string(x) + ", outside [" + std::to_string(lo) +
+                                    ", " + std::to_string(hi) + "]");
+    return x;
+  }
+
+  double number(const json& j, const std::string& entry, const char* field, double lo,
+                double hi) const {
+    const json& v = at(j, entry, field);
+    if (!v.is_number()) fail(entry + "." + field, "is not a number: " + v.dump());
+    const double x = v.get<double>();
+    if (!std::isfinite(x) || x < lo || x > hi)
+      fail(entry + "." + field,
+           "is " + v.dump() + ", outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return x;
+  }
+
+  std::string choice(const json& j, const std::string& entry, const char* field,
+                     std::initializer_list<const char*> allowed) const {
+    const std::string v = text(j, entry, field);
+    for (const char* a : allowed)
+      if (v == a) return v;
+    std::string list;
+    for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+    fail(entry + "." + field, "is '" + v + "', not one of " + list);
+  }
+
+  std::vector<std::string> names(const json& j, const std::string& entry, const char* field) const {
+    const json& v = at(j, entry, field);
+    if (!v.is_array() || v.empty()) fail(entry + "." + field, "is not a non-empty list");
+    std::vector<std::string> out;
+    for (const json& x : v) {
+      if (!x.is_string() || x.get<std::string>().empty())
+        fail(entry + "." + field, "holds something other than names");
+      out.push_back(x.get<std::string>());
+    }
+    return out;
+  }
+
+ private:
+  const ModelFileContents& c_;
+  std::string file_;
+};
+
+// Bounds that only keep a damaged or crafted value from sizing allocations or loops; any model
+// fit writes is well inside them.
+constexpr int64_t kMaxBatch = 4096;
+constexpr int64_t kMaxDim = 1 << 16;
+
+}  // namespace
+
+void Model::Impl::read_checked(ModelFileContents& c) {
+  const FieldReader r(c, source_file);
+  read_bank(c, r);  // first: its shape bounds k and the re-weighting neighbourhood
+  const json b = read_backbone(r);
+  const json p = read_params(r, b);
+  read_grid(r, p);
+  read_calibration(r);
+  created_by = c.metadata.count("created_by") ? c.metadata.at("created_by") : "";
+}
+
+void Model::Impl::read_bank(ModelFileContents& c, const FieldReader& r) {
+  auto bank_it = c.f32.find("memory_bank");
+  if (bank_it == c.f32.end()) throw_bad_input(source_file, "no 'memory_bank' tensor (F32)");
+  auto onnx_it = c.u8.find("backbone_onnx");
+  if (onnx_it == c.u8.end()) throw_bad_input(source_file, "no 'backbone_onnx' tensor (U8)");
+  bank = std::move(bank_it->second);
+  onnx = std::move(onnx_it->second);
+  if (bank.shape.size() != 2 || bank.dim(0) < 1 || bank.dim(1) < 1 || bank.dim(1) > kMaxDim)
+    r.fail("memory_bank", "is not a [rows >= 1, dim in 1.." + std::to_string(kMaxDim) + "] matrix");
+  // Branch-free (NaN compares false) so that it vectorises: a pass over memory, not a loop.
+  int bad = 0;
+  const float* v = bank.ptr();
+  constexpr float kMax = std::numeric_limits<float>::max();
+#pragma omp parallel for reduction(| : bad)
+  for (int64_t i = 0; i < bank.numel(); ++i) bad |= !(std::fabs(v[i]) <= kMax);
+  if (bad) r.fail("memory_bank", "holds a NaN or infinite value");
+}
+
+json Model::Impl::read_backbone(const FieldReader& r) {
+  const json b = r.entry("backbone");
+  backbone_identity = r.text(b, "backbone", "identity");
+  layers = r.names(b, "backbone", "layers");
+  normalization = normalization_from_string(
+      r.choice(b, "backbone", "normalization", {"imagenet", "m11", "unit"}));
+  image_size = static_cast<int>(r.integer(b, "backbone", "image_size", 32, 4096));
+  if (sha256_hex(onnx.data(), onnx.size()) != r.text(b, "backbone", "onnx_sha256"))
+    throw_bad_input(source_file,
+                    "the stored backbone does not match the backbone the model was fitted "
+                    "with (sha256 differs)");
+  return b;
+}
+
+json Model::Impl::read_params(const FieldReader& r, const json& b) {
+  const int64_t rows = bank.dim(0), dim = bank.dim(1);
+  const json p = r.entry("params");
+  const std::string e = "params";
+  params.preset = p.contains("preset") ? r.text(p, e, "preset") : "";
+  params.backbone = r.text(p, e, "backbone");
+  params.layers = r.names(p, e, "layers");
+  if (params.layers != layers) r.fail("params.layers", "differ from backbone.layers");
+  params.normalization = r.text(p, e, "normalization");
+  if (params.normalization != to_string(normalization))
+    r.fail("params.normalization", "differs from backbone.normalization");
+  params.image_size = static_cast<int>(r.integer(p, e, "image_size", 32, 4096));
+  if (params.image_size != image_size)
+    r.fail("params.image_size", "differs from backbone.image_size");
+  params.crop = static_cast<int>(r.integer(p, e, "crop", 0, image_size));
+  // Absent in files written before these options existed: their defaults then.
+  params.resize = resize_from_string(
+      p.contains("resize") ? r.choice(p, e, "resize", {"squash", "pad", "fixed"}) : "squash");
+  params.resize_scale = p.contains("resize_scale") ? r.number(p, e, "resize_scale", 0, 1e6) : 0;
+  params.intensity = intensity_from_string(
+      p.contains("intensity") ? r.choice(p, e, "intensity", {"keep", "standardize"}) : "keep");
+  params.embedding = r.choice(p, e, "embedding", {"paper", "concat"}) == "paper"
+                         ? EmbeddingMode::paper
+                         : EmbeddingMode::concat;
+  params.pretrain_dim = static_cast<int>(r.integer(p, e, "pretrain_dim", 1, kMaxDim));
+  params.target_dim = static_cast<int>(r.integer(p, e, "target_dim", 1, kMaxDim));
+  if (params.embedding == EmbeddingMode::paper && dim != params.target_dim)
+    r.fail("memory_bank", "has " + std::to_string(dim) +
+                              "-dimensional rows but the paper "
+                              "embedding gives params.target_dim = " +
+                              std::to_string(params.target_dim));
+  params.coreset_ratio = r.number(p, e, "coreset_ratio", 1e-12, 1e12);
+  params.coreset_dim = static_cast<int>(r.integer(p, e, "coreset_dim", 1, kMaxDim));
+  params.coreset_min = p.contains("coreset_min") ? r.integer(p, e, "coreset_min", 0, INT64_MAX) : 0;
+  const json& seed = r.at(p, e, "seed");
+  if (!seed.is_number_unsigned()) r.fail("params.seed", "is not an unsigned integer");
+  params.seed = seed.get<uint64_t>();
+  params.k = static_cast<int>(r.integer(p, e, "k", 1, std::min<int64_t>(rows, 1 << 20)));
+  params.squared_l2 = r.flag(p, e, "squared_l2");
+  params.reweight = r.flag(p, e, "reweight");
+  params.reweight_b =
+      static_cast<int>(r.integer(p, e, "reweight_b", 1, std::min<int64_t>(rows, 1 << 20)));
+  params.upsample = r.choice(p, e, "upsample", {"bilinear", "nearest"}) == "nearest"
+                        ? Upsample::nearest
+                        : Upsample::bilinear;
+  params.blur_reflect101 = p.contains("blur_reflect101") && r.flag(p, e, "blur_reflect101");
+  params.holdout_fraction = r.number(p, e, "holdout_fraction", 0, 0.999999);
+  params.batch_size = static_cast<int>(r.integer(p, e, "batch_size", 1, kMaxBatch));
+  try {
+    content_rect(cv::Size(1, 1), preprocess());  // throws on a geometry that cannot work
+  } catch (const Error& err) {
+    throw_bad_input(source_file, std::string("invalid model: 'params' ") + err.what());
+  }
+  const int s = input_size();
+  // A blur wider than the map would only smear it flat (and size a huge kernel).
+  params.blur_sigma = r.number(p, e, "blur_sigma", 0, s);
+  if (r.integer(b, "backbone", "input_size", 1, 4096) != s)
+    r.fail("backbone.input_size", "differs from the size params give (" + std::to_string(s) + ")");
+  return p;
+}
+
+void Model::Impl::read_grid(const FieldReader& r, const json& p) {
+  const std::string e = "params";
+  const int s = input_size();
+  const json g = r.entry("grid");
+  if (!g.is_array() || g.size() != 2) r.fail("grid", "is not [height, width]");
+  const json grid_obj{{"h", g[0]}, {"w", g[1]}};
+  // A feature map is never larger than the image it comes from; the exact grid is the
+  // backbone's, checked against the stored one before each prediction is indexed with it.
+  grid_h = static_cast<int>(r.integer(grid_obj, "grid", "h", 1, s));
+  grid_w = static_cast<int>(r.integer(grid_obj, "grid", "w", 1, s));
+  params.patch_size =
+      static_cast<int>(r.integer(p, e, "patch_size", 1, 2 * std::max(grid_h, grid_w) + 1));
+  if (params.patch_size % 2 == 0) r.fail("params.patch_size", "is even");
+}
+
+void Model::Impl::read_calibration(const FieldReader& r) {
+  const json cal = r.entry("calibration");
+  const std::string ce = "calibration";
+  const double big = 1e300;
+  calibration.image_threshold = r.number(cal, ce, "image_threshold", -big, big);
+  calibration.pixel_threshold = r.number(cal, ce, "pixel_threshold", -big, big);
+  calibration.min_score = r.number(cal, ce, "min_score", -big, big);
+  calibration.max_score = r.number(cal, ce, "max_score", -big, big);
+  calibration.source = r.text(cal, ce, "source");
+}
+
 Model Model::load(const fs::path& file, const Callbacks&) {
   ModelFileContents c = read_model_file(file);
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;
   m.source_file = file.string();
+  m.file_format_version = c.format_version;
+  m.checksums_verified = c.checksums_verified;
+  m.read_checked(c);
   try {
-    for (const char* key : {"params", "backbone", "calibration", "grid"})
-      if (!c.metadata.count(key))
-        throw_bad_input(file.string(), std::string("no '") + key + "' entry");
-    m.params = params_from_json(json::parse(c.metadata.at("params")));
-    const json b = json::parse(c.metadata.at("backbone"));
-    m.backbone_identity = b.at("identity").get<std::string>();
-    m.layers = b.at("layers").get<std::vector<std::string>>();
-    m.normalization = normalization_from_string(b.at("normalization").get<std::string>());
-    m.image_size = b.at("image_size").get<int>();
-    content_rect(cv::Size(1, 1), m.preprocess());  // throws on a geometry that cannot work
-    m.calibration = calibration_from_json(json::parse(c.metadata.at("calibration")));
-    const json g = json::parse(c.metadata.at("grid"));
-    m.grid_h = g.at(0).get<int>();
-    m.grid_w = g.at(1).get<int>();
-    m.created_by = c.metadata.count("created_by") ? c.metadata.at("created_by") : "";
-    if (!c.f32.count("memory_bank") || !c.u8.count("backbone_onnx"))
-      throw_bad_input(file.string(), "the memory bank or the backbone is missing");
-    m.bank = std::move(c.f32.at("memory_bank"));
-    m.onnx = std::move(c.u8.at("backbone_onnx"));
-    if (m.bank.shape.size() != 2 || m.bank.dim(0) < 1)
-      throw_bad_input(file.string(), "the memory bank is empty or not a matrix");
-    if (sha256_hex(m.onnx.data(), m.onnx.size()) != b.at("onnx_sha256").get<std::string>())
-      throw_bad_input(file.string(),
-                      "the stored backbone does not match the backbone the model was fitted "
-                      "with (sha256 differs)");
-    if (m.grid_h < 1 || m.grid_w < 1 || m.image_size < 1)
-      throw_bad_input(file.string(), "invalid grid or image size");
-    validate(m.params);
     m.load_growth(c, file);
   } catch (const json::exception& e) {
-    throw_bad_input(file.string(), std::string("invalid model description: ") + e.what());
-  } catch (const Error& e) {
-    if (e.kind() == ErrorKind::bad_input) throw;
-    throw_bad_input(file.string(), std::string("invalid model description: ") + e.what());
+    throw_bad_input(file.string(), std::string("invalid growth entries: ") + e.what());
   }
   m.params.threads = 0;
   const CallThreads threads(0);
@@ -912,10 +1108,44 @@ Model Model::load(const fs::path& file, const Callbacks&) {
   return Model(std::move(impl));
 }
 
+std::string Model::verify() const {
+  const Impl& m = *impl_;
+  const int s = m.input_size();
+  // A mid-grey image: any image exercises the shapes; its score must come out finite.
+  const cv::Mat grey(s, s, CV_8UC3, cv::Scalar(128, 128, 128));
+  Tensor batch({1, 3, s, s});
+  preprocess_into(grey, m.preprocess(), batch.ptr());
+  std::vector<Tensor> features;
+  {
+    const CallThreads threads(0);
+    const Impl::Lease net(m);
+    try {
+      features = net->forward(batch);
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::internal) throw;
+      throw_bad_input(m.source_file, std::string("the stored backbone cannot run: ") + e.what());
+    }
+  }
+  const Embedding e = embed(features, m.embedding_params());
+  m.check_embedding(e);
+  const Prediction p = m.score(*m.nn, e.patches.row(0));
+  if (!std::isfinite(p.score))
+    throw_bad_input(m.source_file, "a blank image gets a non-finite score");
+  const std::string shapes = "every value checked, the backbone runs and gives the stored " +
+                             std::to_string(m.grid_h) + "x" + std::to_string(m.grid_w) +
+                             " grid of " + std::to_string(m.bank.dim(1)) + "-dimensional patches";
+  const std::string version = "format version " + std::to_string(m.file_format_version);
+  if (m.checksums_verified) return "ok: " + version + ", every byte matches its checksum, " + shapes;
+  return "ok, but " + version +
+         " carries no checksums: damage inside the memory bank or a text entry cannot be "
+         "detected; " +
+         shapes;
+}
+
 std::string Model::info_json() const {
   const Impl& m = *impl_;
   json j{{"format", kModelFormat},
-         {"format_version", kModelFormatVersion},
+         {"format_version", m.file_format_version},
          {"created_by", m.created_by},
          {"backbone", m.backbone_json()},
          {"params", params_to_json(m.params)},

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -121,7 +122,8 @@ TEST(ModelFile, LayoutIsSafetensorsAndDeterministic) {
   EXPECT_EQ(h["backbone_onnx"]["dtype"], "U8");
   // Tensors are contiguous in name order and exactly fill the rest of the file.
   uint64_t expected = 0;
-  for (const char* name : {"backbone_onnx", "empty", "memory_bank", "minmax", "nothing"}) {
+  for (const char* name :
+       {"backbone_onnx", "empty", "memory_bank", "minmax", "nothing", patchcore::kChecksumTensor}) {
     EXPECT_EQ(h[name]["data_offsets"][0].get<uint64_t>(), expected) << name;
     expected = h[name]["data_offsets"][1].get<uint64_t>();
   }
@@ -415,4 +417,137 @@ TEST(ModelFile, ReadOnlyFolder) {
   fs::permissions(sub, fs::perms::owner_all);
   EXPECT_EQ(read_bytes(sub / "m"), before);
   EXPECT_EQ(folder_entries(sub), std::vector<std::string>{"m"});
+}
+
+// ---------------------------------------------------------------- checksums (format version 2)
+
+TEST(ModelFileChecksums, EveryByteIsCovered) {
+  // Any single flipped bit, anywhere in the file, is refused: nothing loads silently.
+  TempDir dir;
+  write_model_file(dir / "full", sample_contents());
+  const std::string bytes = read_bytes(dir / "full");
+  const fs::path f = dir / "flipped.patchcore";
+  for (size_t pos = 0; pos < bytes.size(); ++pos) {
+    std::string b = bytes;
+    b[pos] = static_cast<char>(b[pos] ^ (1 << (pos % 8)));
+    write_bytes(f, b);
+    SCOPED_TRACE("byte " + std::to_string(pos));
+    expect_bad_input(f);
+  }
+}
+
+TEST(ModelFileChecksums, TheMessageNamesTheDamagedPart) {
+  TempDir dir;
+  write_model_file(dir / "full", sample_contents());
+  const std::string bytes = read_bytes(dir / "full");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const json h = json::parse(bytes.substr(8, n));
+  const fs::path f = dir / "damaged.patchcore";
+  auto damage = [&](size_t pos, char value) {
+    std::string b = bytes;
+    ASSERT_NE(b[pos], value);
+    b[pos] = value;
+    write_bytes(f, b);
+  };
+  for (const char* tensor : {"memory_bank", "backbone_onnx", "minmax"}) {
+    damage(8 + n + h[tensor]["data_offsets"][0].get<size_t>() + 1, '\x55');
+    EXPECT_NE(expect_bad_input(f).find(std::string("tensor '") + tensor + "'"), std::string::npos);
+  }
+  // A metadata value, the padding of the header, the table.
+  damage(8 + bytes.substr(8, n).find("1.25") + 2, '3');
+  EXPECT_NE(expect_bad_input(f).find("metadata entry 'threshold'"), std::string::npos);
+  ASSERT_EQ(bytes[8 + n - 1], ' ');
+  damage(7 + n, '\t');  // still valid JSON
+  EXPECT_NE(expect_bad_input(f).find("the header"), std::string::npos);
+  damage(bytes.size() - 20, bytes[bytes.size() - 20] == '0' ? '1' : '0');
+  EXPECT_NE(expect_bad_input(f).find("checksum table"), std::string::npos);
+}
+
+TEST(ModelFileChecksums, VersionOneFilesLoadWithoutChecksums) {
+  TempDir dir;
+  const fs::path f = dir / "v1.patchcore";
+  write_bytes(f, raw_file(valid_header(), std::string(8, '\0')));
+  const ModelFileContents r = read_model_file(f);
+  EXPECT_EQ(r.format_version, 1);
+  EXPECT_FALSE(r.checksums_verified);
+  write_model_file(dir / "v2.patchcore", small_contents());
+  const ModelFileContents v2 = read_model_file(dir / "v2.patchcore");
+  EXPECT_EQ(v2.format_version, 2);
+  EXPECT_TRUE(v2.checksums_verified);
+  EXPECT_FALSE(v2.u8.count(patchcore::kChecksumTensor)) << "the table is not returned";
+  // Without its table a version 2 file is refused; with ignore it loads for re-sealing.
+  json h = valid_header();
+  h["__metadata__"]["format_version"] = "2";
+  write_bytes(f, raw_file(h, std::string(8, '\0')));
+  EXPECT_NE(expect_bad_input(f).find("checksum table"), std::string::npos);
+  std::string b = read_bytes(dir / "v2.patchcore");
+  b[b.size() - 30] = static_cast<char>(b[b.size() - 30] ^ 1);
+  write_bytes(f, b);
+  expect_bad_input(f);
+  EXPECT_EQ(read_model_file(f, patchcore::Checksums::ignore).metadata.at("k"), "v");
+}
+
+namespace {
+
+pid_t dead_pid() {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return pid;
+}
+
+}  // namespace
+
+TEST(ModelFileChecksums, TemporaryFilesOfKilledWritersAreRemoved) {
+  TempDir dir;
+  const fs::path file = dir / "m.patchcore";
+  const std::string dead = std::to_string(dead_pid());
+  const std::string live = std::to_string(getpid());
+  for (const std::string& name :
+       {"m.patchcore.tmp-" + dead + "-0123456789abcdef",      // a killed writer's
+        "m.patchcore.tmp-" + live + "-0123456789abcdef",      // a running writer's
+        "other.patchcore.tmp-" + dead + "-0123456789abcdef",  // another target's
+        std::string("m.patchcore.tmp-0123456789abcdef")})     // no pid: not ours to judge
+    write_bytes(dir / name, "partial");
+  write_model_file(file, small_contents());
+  EXPECT_EQ(folder_entries(dir.path()),
+            (std::vector<std::string>{"m.patchcore", "m.patchcore.tmp-0123456789abcdef",
+                                      "m.patchcore.tmp-" + live + "-0123456789abcdef",
+                                      "other.patchcore.tmp-" + dead + "-0123456789abcdef"}));
+}
+
+TEST(ModelFileChecksums, KillDuringTheWriteKeepsTheOldFile) {
+  // A writer killed with SIGKILL half way through its temporary file: the target keeps its
+  // old bytes, and the next write removes the leftover.
+  TempDir dir;
+  const fs::path file = dir / "m.patchcore";
+  write_model_file(file, small_contents());
+  const std::string before = read_bytes(file);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    ModelFileContents big;
+    big.u8["blob"] = std::vector<uint8_t>(256u << 20, 7);
+    write_model_file(file, big);
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  // Kill once the temporary file has grown past its first bytes: mid-write.
+  for (int i = 0; i < 20000; ++i) {
+    bool writing = false;
+    for (const auto& e : fs::directory_iterator(dir.path()))
+      if (e.path().filename().string().find(".tmp-") != std::string::npos && e.file_size() > 4096)
+        writing = true;
+    if (writing) break;
+    usleep(500);
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the write ended before the kill";
+  EXPECT_EQ(read_bytes(file), before);
+  EXPECT_EQ(folder_entries(dir.path()).size(), 2u) << "the killed writer's temporary file";
+  write_model_file(file, small_contents());
+  EXPECT_EQ(folder_entries(dir.path()), std::vector<std::string>{"m.patchcore"});
 }

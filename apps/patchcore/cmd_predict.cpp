@@ -25,6 +25,23 @@ void add_predict(CLI::App& app) {
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
   cmd->callback([s] {
+    // Checked before the model loads: a missing path or an empty folder is a mistake to
+    // report, not a run that prints nothing.
+    std::vector<fs::path> images;
+    for (const std::string& p : s->paths) {
+      if (fs::is_directory(p)) {
+        const std::vector<fs::path> found = list_images(p);
+        if (found.empty())
+          throw_bad_input(p,
+                          "no images in this folder (looked for png, jpg, jpeg, bmp, tif, "
+                          "tiff, webp)");
+        images.insert(images.end(), found.begin(), found.end());
+      } else if (!fs::exists(p)) {
+        throw_bad_input(p, "no such file or folder");
+      } else {
+        images.emplace_back(p);
+      }
+    }
     const Callbacks cb = stderr_callbacks(true);
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
@@ -37,14 +54,6 @@ void add_predict(CLI::App& app) {
       c.image_threshold = *s->threshold;
       c.source = "user";
       model.set_calibration(c);
-    }
-    std::vector<fs::path> images;
-    for (const std::string& p : s->paths) {
-      if (fs::is_directory(p)) {
-        for (const fs::path& f : list_images(p)) images.push_back(f);
-      } else {
-        images.emplace_back(p);
-      }
     }
     if (!s->out.empty()) {
       std::error_code ec;

@@ -380,6 +380,11 @@ class Model {
   const Params& params() const;
   const Calibration& calibration() const;
   void set_calibration(const Calibration& c);
+  /// What `info --verify` adds to the checks of load: runs the backbone once on a blank image
+  /// and checks that it gives the patch grid and the dimension the memory bank was built with,
+  /// and a finite score. Throws Error(bad_input) naming the model file otherwise; returns what
+  /// was checked, one line, starting "ok" ("ok, but ..." for a file without checksums).
+  std::string verify() const;
   /// Everything `patchcore info` shows, as a JSON text.
   std::string info_json() const;
   /// Side of the square the anomaly maps have (the network input size or the crop).

@@ -78,6 +78,19 @@ def _progress_callable(progress):
     return progress
 
 
+_predict = Model.predict
+
+
+def _predict_with_bar(self, images, progress=None, skip_unreadable=False):
+    return _predict(self, images, _progress_callable(progress), skip_unreadable)
+
+
+_predict_with_bar.__doc__ = _predict.__doc__ + (
+    "\nprogress: a callable progress(stage, done, total) or a tqdm-like bar. skip_unreadable: "
+    "leave out images that cannot be read (logged as warnings) instead of raising ValueError.")
+Model.predict = _predict_with_bar
+
+
 def overlay(image, anomaly_map=None, mask=None, *, vmin=None, vmax=None, alpha=0.45, cmap="jet"):
     """The anomaly map as a colour heatmap blended over the image, with the mask outlined in
     white: a float RGB array (H x W x 3, values in [0, 1]) for matplotlib's imshow.

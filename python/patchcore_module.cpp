@@ -487,6 +487,15 @@ std::unique_ptr<PyModel> load(py::handle file) {
   return std::make_unique<PyModel>(std::move(m));
 }
 
+// A copy of what f reads from the model, taken while no setter runs (without the GIL, so that
+// predictions in flight can still report progress).
+template <class F>
+auto read(const PyModel& self, F&& f) {
+  py::gil_scoped_release release;
+  std::shared_lock lock(self.mutex);
+  return f(self.model);
+}
+
 py::dict calibration_dict(const Calibration& c) {
   py::dict d;
   d["image_threshold"] = c.image_threshold;
@@ -563,19 +572,30 @@ PYBIND11_MODULE(_patchcore, m) {
       .def_property_readonly("info",
                              [](const PyModel& self) {
                                return py::module_::import("json").attr("loads")(
-                                   self.model.info_json());
+                                   read(self, [](const Model& m) { return m.info_json(); }));
                              })
-      .def_property_readonly("params",
-                             [](const PyModel& self) { return params_dict(self.model.params()); })
       .def_property_readonly(
-          "calibration", [](const PyModel& self) { return calibration_dict(self.model.calibration()); })
+          "params",
+          [](const PyModel& self) {
+            return params_dict(read(self, [](const Model& m) { return m.params(); }));
+          })
+      .def_property_readonly(
+          "calibration",
+          [](const PyModel& self) {
+            return calibration_dict(read(self, [](const Model& m) { return m.calibration(); }));
+          })
       .def_property(
-          "threshold", [](const PyModel& self) { return self.model.calibration().image_threshold; },
-          &set_threshold,
-          "image score threshold; setting it moves the pixel threshold by as much")
+          "threshold",
+          [](const PyModel& self) {
+            return read(self, [](const Model& m) { return m.calibration().image_threshold; });
+          },
+          &set_threshold, "image score threshold; setting it moves the pixel threshold by as much")
       .def_property_readonly("map_size", [](const PyModel& self) { return self.model.map_size(); })
       .def_property(
-          "engine", [](const PyModel& self) { return self.model.backbone_engine(); },
+          "engine",
+          [](const PyModel& self) {
+            return read(self, [](const Model& m) { return m.backbone_engine(); });
+          },
           [](PyModel& self, const std::string& name) {
             BackboneEngine e{};
             from_text("engine", name, e);
@@ -593,10 +613,11 @@ PYBIND11_MODULE(_patchcore, m) {
           },
           py::arg("threads"), "threads for later predictions (0: all cores)")
       .def("__repr__", [](const PyModel& self) {
-        const Params& p = self.model.params();
-        return "<patchcore.Model backbone=" + p.backbone +
-               " threshold=" + py::repr(py::float_(self.model.calibration().image_threshold)).cast<std::string>() +
-               ">";
+        const auto [backbone, threshold] = read(self, [](const Model& m) {
+          return std::pair(m.params().backbone, m.calibration().image_threshold);
+        });
+        return "<patchcore.Model backbone=" + backbone +
+               " threshold=" + py::repr(py::float_(threshold)).cast<std::string>() + ">";
       });
 
   m.def("_fit", &fit, py::arg("images"), py::arg("preset"), py::arg("params"),

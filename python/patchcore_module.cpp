@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <mutex>
-#include <cerrno>
 #include <optional>
 #include <shared_mutex>
 #include <variant>
@@ -81,7 +81,8 @@ ImageView view_of(py::handle obj, const std::string& name, std::vector<py::array
     channels = static_cast<int>(a.shape(2));
   if (channels == 0) {
     std::string dims;
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) dims += (i ? " x " : "") + std::to_string(a.shape(i));
+    for (py::ssize_t i = 0; i < a.ndim(); ++i)
+      dims += (i ? " x " : "") + std::to_string(a.shape(i));
     raise(PyExc_ValueError, name + ": shape " + (dims.empty() ? "()" : dims) +
                                 ", expected H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA)");
   }
@@ -153,8 +154,7 @@ Inputs collect(py::handle images, const char* what, bool training) {
     const fs::path p = to_path(images);
     if (!fs::exists(p)) raise_file_not_found(name, p);
     if (fs::is_directory(p)) {
-      for (const fs::path& f :
-           training ? python::training_images(p) : python::list_images(p))
+      for (const fs::path& f : training ? python::training_images(p) : python::list_images(p))
         in.items.emplace_back(f);
       if (in.items.empty()) raise(PyExc_ValueError, name + ": no images in folder " + p.string());
     } else {
@@ -169,8 +169,9 @@ Inputs collect(py::handle images, const char* what, bool training) {
     return in;
   }
   if (!py::isinstance<py::sequence>(images) || py::isinstance<py::bytes>(images))
-    raise(PyExc_TypeError, name + ": expected a path, a folder, a NumPy array or a list of them, got " +
-                               py::str(py::type::of(images).attr("__name__")).cast<std::string>());
+    raise(PyExc_TypeError,
+          name + ": expected a path, a folder, a NumPy array or a list of them, got " +
+              py::str(py::type::of(images).attr("__name__")).cast<std::string>());
   const py::sequence seq = py::reinterpret_borrow<py::sequence>(images);
   if (seq.size() == 0) raise(PyExc_ValueError, name + ": empty list");
   for (size_t i = 0; i < seq.size(); ++i) {
@@ -186,9 +187,8 @@ Inputs collect(py::handle images, const char* what, bool training) {
     } else if (py::isinstance<py::array>(item)) {
       in.items.emplace_back(view_of(item, item_name, in.keep));
     } else {
-      raise(PyExc_TypeError,
-            item_name + ": expected a path or a NumPy array, got " +
-                py::str(py::type::of(item).attr("__name__")).cast<std::string>());
+      raise(PyExc_TypeError, item_name + ": expected a path or a NumPy array, got " +
+                                 py::str(py::type::of(item).attr("__name__")).cast<std::string>());
     }
   }
   return in;
@@ -270,13 +270,12 @@ void from_py(const std::string& name, py::handle v, bool& out) {
   out = PyObject_IsTrue(v.ptr()) == 1;
 }
 template <class T>
-  requires std::is_integral_v<T>
+requires std::is_integral_v<T>
 void from_py(const std::string& name, py::handle v, T& out) {
   if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr())) wrong_type(name, "an integer", v);
   const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
   const bool negative = i < py::int_(0);
-  if ((negative && std::is_unsigned_v<T>) ||
-      i > py::int_(std::numeric_limits<T>::max()) ||
+  if ((negative && std::is_unsigned_v<T>) || i > py::int_(std::numeric_limits<T>::max()) ||
       (std::is_signed_v<T> && i < py::int_(std::numeric_limits<T>::min())))
     raise(PyExc_ValueError, name + ": " + py::repr(v).cast<std::string>() + " is out of range");
   out = i.cast<T>();
@@ -289,7 +288,7 @@ void from_py(const std::string& name, py::handle v, double& out) {
   if (PyErr_Occurred()) throw py::error_already_set();
 }
 template <class E>
-  requires std::is_enum_v<E>
+requires std::is_enum_v<E>
 void from_py(const std::string& name, py::handle v, E& out) {
   if (!py::isinstance<py::str>(v)) wrong_type(name, "a string", v);
   from_text(name, v.cast<std::string>(), out);
@@ -444,8 +443,10 @@ py::object predict(const PyModel& self, py::handle x, py::object progress, bool 
     r.calibration = self.model.calibration();
     if (in.all_paths()) {
       const std::vector<fs::path> paths = in.paths();
-      if (in.single) r.predictions.push_back(self.model.predict(paths.front()));
-      else r.predictions = self.model.predict(paths, cb);
+      if (in.single)
+        r.predictions.push_back(self.model.predict(paths.front()));
+      else
+        r.predictions = self.model.predict(paths, cb);
     } else {
       r.predictions = self.model.predict(in.views(), cb);
     }
@@ -453,7 +454,8 @@ py::object predict(const PyModel& self, py::handle x, py::object progress, bool 
     return r;
   });
   if (!skip_unreadable && s.predictions.size() < in.items.size()) {
-    std::string why = pcb.warnings().empty() ? "an image could not be read" : pcb.warnings().front();
+    std::string why =
+        pcb.warnings().empty() ? "an image could not be read" : pcb.warnings().front();
     if (why.starts_with("skipped ")) why = why.substr(8);
     raise(PyExc_ValueError, why);
   }
@@ -523,7 +525,7 @@ void translate_errors(std::exception_ptr p) {
     if (p) std::rethrow_exception(p);
   } catch (const Error& e) {
     PyErr_SetString(e.kind() == ErrorKind::internal ? PyExc_RuntimeError : PyExc_ValueError,
-                     e.what());
+                    e.what());
   }
 }
 
@@ -539,8 +541,8 @@ PYBIND11_MODULE(_patchcore, m) {
       .def_readonly("normalized_score", &PyPrediction::normalized_score,
                     "in [0, 1]; the threshold maps to 0.5")
       .def_readonly("anomalous", &PyPrediction::anomalous, "score >= threshold")
-      .def_property_readonly("label",
-                             [](const PyPrediction& p) { return p.anomalous ? "anomalous" : "normal"; })
+      .def_property_readonly(
+          "label", [](const PyPrediction& p) { return p.anomalous ? "anomalous" : "normal"; })
       .def_readonly("threshold", &PyPrediction::threshold, "the image threshold used")
       .def_readonly("pixel_threshold", &PyPrediction::pixel_threshold,
                     "the pixel threshold the mask used")
@@ -550,8 +552,9 @@ PYBIND11_MODULE(_patchcore, m) {
       .def("__repr__", [](const PyPrediction& p) {
         return "Prediction(path=" + py::repr(py::str(p.path)).cast<std::string>() +
                ", score=" + py::repr(py::float_(p.score)).cast<std::string>() +
-               ", normalized_score=" + py::repr(py::float_(p.normalized_score)).cast<std::string>() +
-               ", label='" + (p.anomalous ? "anomalous" : "normal") + "')";
+               ", normalized_score=" +
+               py::repr(py::float_(p.normalized_score)).cast<std::string>() + ", label='" +
+               (p.anomalous ? "anomalous" : "normal") + "')";
       });
 
   py::class_<PyModel>(m, "Model", "A fitted PatchCore model (patchcore.fit or patchcore.load).")
@@ -620,12 +623,12 @@ PYBIND11_MODULE(_patchcore, m) {
                " threshold=" + py::repr(py::float_(threshold)).cast<std::string>() + ">";
       });
 
-  m.def("_fit", &fit, py::arg("images"), py::arg("preset"), py::arg("params"),
-        py::arg("progress"));
+  m.def("_fit", &fit, py::arg("images"), py::arg("preset"), py::arg("params"), py::arg("progress"));
   m.def("load", &load, py::arg("path"), "Loads a model file written by save() or the CLI.");
-  m.def("default_params", [](const std::string& preset) {
-    return params_dict(python::preset_params(preset));
-  }, py::arg("preset") = "", "The fit parameters (of a preset) as a dict, library names.");
+  m.def(
+      "default_params",
+      [](const std::string& preset) { return params_dict(python::preset_params(preset)); },
+      py::arg("preset") = "", "The fit parameters (of a preset) as a dict, library names.");
   m.def(
       "load_image",
       [](py::handle file) {

@@ -98,8 +98,7 @@ Params preset_params(const std::string& preset) {
 }
 
 std::vector<fs::path> list_images(const fs::path& dir) {
-  if (!fs::is_directory(dir))
-    throw Error(ErrorKind::bad_input, dir.string() + ": not a folder");
+  if (!fs::is_directory(dir)) throw Error(ErrorKind::bad_input, dir.string() + ": not a folder");
   static const std::array<const char*, 7> kExtensions{".png", ".jpg",  ".jpeg", ".bmp",
                                                       ".tif", ".tiff", ".webp"};
   std::vector<fs::path> out;

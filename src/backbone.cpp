@@ -40,13 +40,10 @@ GraphFacts inspect_onnx(const std::vector<uint8_t>& bytes, const std::string& wh
   return facts;
 }
 
-void set_threads(int threads) { cv::setNumThreads(threads > 0 ? threads : cv::getNumberOfCPUs()); }
-
 class OpenCvBackbone : public Backbone {
  public:
-  OpenCvBackbone(const std::vector<uint8_t>& onnx, const std::vector<std::string>& layers,
-                 int threads)
-      : layers_(layers), threads_(threads) {
+  OpenCvBackbone(const std::vector<uint8_t>& onnx, const std::vector<std::string>& layers)
+      : layers_(layers) {
     const std::string where = "ONNX backbone graph";
     if (layers.empty()) throw_bad_input(where, "no output layer requested");
     const GraphFacts facts = inspect_onnx(onnx, where);
@@ -81,7 +78,6 @@ class OpenCvBackbone : public Backbone {
     const int64_t per_image = batch.numel() / std::max(n, 1);
     std::vector<Tensor> out(layers_.size());
     if (n == 0) return out;
-    set_threads(threads_);
     const int dims[4] = {1, static_cast<int>(batch.shape[1]), static_cast<int>(batch.shape[2]),
                          static_cast<int>(batch.shape[3])};
     for (int i = 0; i < n; ++i) {
@@ -116,7 +112,6 @@ class OpenCvBackbone : public Backbone {
   std::vector<std::string> layers_;
   std::vector<cv::String> out_names_;
   std::vector<int64_t> input_shape_;
-  int threads_;
   cv::dnn::Net net_;
 };
 
@@ -129,8 +124,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
                                                const std::vector<std::string>& layers,
-                                               int threads) {
-  return std::make_unique<OpenCvBackbone>(onnx, layers, threads);
+                                               int /*threads*/) {
+  return std::make_unique<OpenCvBackbone>(onnx, layers);
 }
 
 BackboneEngine engine_from_string(const std::string& name) {

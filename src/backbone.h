@@ -30,10 +30,10 @@ class Backbone {
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
-/// load or lacks a requested output. threads <= 0: all cores (cv::setNumThreads is global, and
-/// is set again at each forward). Images run one at a time: OpenCV 4.6 accepts a batch on a
-/// graph declared for N = 1 but is no faster with it, and one image at a time keeps every
-/// image's result bit-identical whatever batch it comes in.
+/// load or lacks a requested output. threads is not used: OpenCV runs on its process-wide pool,
+/// which the library never resizes (set_opencv_threads() in the public API). Images run one at
+/// a time: OpenCV 4.6 accepts a batch on a graph declared for N = 1 but is no faster with it,
+/// and one image at a time keeps every image's result bit-identical whatever batch it comes in.
 std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
                                                const std::vector<std::string>& layers, int threads);
 

@@ -11,7 +11,7 @@
 namespace patchcore {
 
 struct KnnOptions {
-  int threads = 0;  ///< <= 0: all cores
+  int threads = 0;  ///< <= 0: the calling thread's OpenMP count at each search
   /// Dimension of the bound's subspace (the bank's top principal directions); 0: brute force
   /// only. The bound is used when D >= 4 proj_dim and the bank has >= min_rows rows. 128
   /// measured best on inception_v3 features (1,056 columns): 64 measured 4x more rows exactly,
@@ -29,7 +29,8 @@ struct KnnOptions {
 
 class NearestNeighbors {
  public:
-  /// bank [M, D] (kept, not copied again). threads <= 0: all cores. Throws Error(usage) for a
+  /// bank [M, D] (kept, not copied again). threads <= 0: the calling thread's OpenMP count
+  /// (search() is then safe from several threads at once). Throws Error(usage) for a
   /// tensor that is not 2-D or has D == 0.
   explicit NearestNeighbors(Tensor bank, int threads = 0);
   NearestNeighbors(Tensor bank, const KnnOptions& options);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include <sstream>
 
 #include "backbone.h"
+#include "call_threads.h"
 #include "coreset.h"
 #include "embedding.h"
 #include "error.h"
@@ -134,13 +136,7 @@ void validate(const Params& p) {
   if (p.holdout_fraction < 0 || p.holdout_fraction >= 1)
     throw_usage("holdout fraction must be in [0, 1)");
   if (p.batch_size < 1) throw_usage("batch size must be >= 1");
-  if (p.threads < 0) throw_usage("--threads must be >= 0");
-}
-
-void apply_threads(int threads) {
-  const int n = threads > 0 ? threads : std::max(1, omp_get_num_procs());
-  omp_set_num_threads(n);
-  cv::setNumThreads(n);
+  if (p.threads < 0) throw_usage("threads must be >= 0 (0: all cores)");
 }
 
 // Available memory as the kernel estimates it; 0 when unknown.
@@ -210,11 +206,71 @@ struct Model::Impl {
   int grid_h = 0, grid_w = 0;
   std::string created_by;
 
+  // Searched by concurrent calls: built on the calling thread's OpenMP count (0), so that
+  // each search runs on its call's threads; its statistics are atomic.
   std::unique_ptr<NearestNeighbors> nn;
-  // OpenCV's Net::forward is not re-entrant: predictions share the network under a lock.
-  mutable std::mutex mutex;
-  mutable std::unique_ptr<Backbone> backbone;
   std::string source_file;  // for messages about a loaded model
+
+  // Backbones, built on first use. A forward is not re-entrant (OpenCV's Net, the GEMM
+  // engine's workspaces), so each call takes one from the pool for its batch and gives it back;
+  // when all are busy another is built, up to one per core (each holds the graph's weights),
+  // beyond which calls wait. Built on the calling thread's OpenMP count (0): a forward runs on
+  // its call's threads.
+  mutable std::mutex pool_mutex;
+  mutable std::condition_variable pool_returned;
+  mutable std::vector<std::unique_ptr<Backbone>> idle;
+  mutable int built = 0;
+
+  // A backbone of the pool for one scope.
+  class Lease {
+   public:
+    explicit Lease(const Impl& m) : m_(m), net_(m.acquire()) {}
+    ~Lease() { m_.release(std::move(net_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Backbone& operator*() const { return *net_; }
+    Backbone* operator->() const { return net_.get(); }
+
+   private:
+    const Impl& m_;
+    std::unique_ptr<Backbone> net_;
+  };
+
+  std::unique_ptr<Backbone> acquire() const {
+    std::unique_lock<std::mutex> lock(pool_mutex);
+    pool_returned.wait(lock, [&] { return !idle.empty() || built < available_cores(); });
+    if (!idle.empty()) {
+      std::unique_ptr<Backbone> b = std::move(idle.back());
+      idle.pop_back();
+      return b;
+    }
+    ++built;
+    lock.unlock();  // building takes a while: others may use the idle ones meanwhile
+    try {
+      return make_backbone(onnx, layers, 0, params.engine);
+    } catch (...) {
+      lock.lock();
+      --built;
+      pool_returned.notify_one();
+      throw;
+    }
+  }
+
+  void release(std::unique_ptr<Backbone> b) const {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      idle.push_back(std::move(b));
+    }
+    pool_returned.notify_one();
+  }
+
+  // Drops the built backbones (the engine changed); no call may be running.
+  void reset_pool() {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    PATCHCORE_ASSERT(static_cast<int>(idle.size()) == built);
+    idle.clear();
+    built = 0;
+  }
 
   Preprocess preprocess() const {
     return Preprocess{image_size,    params.crop,         normalization,
@@ -230,11 +286,6 @@ struct Model::Impl {
   }
   MapParams map_params() const {
     return MapParams{params.upsample, params.blur_sigma, params.blur_reflect101};
-  }
-
-  Backbone& net() const {
-    if (!backbone) backbone = make_backbone(onnx, layers, params.threads, params.engine);
-    return *backbone;
   }
 
   // Loads and pre-processes a batch of `count` images (load(i) decodes image i, throwing
@@ -285,10 +336,9 @@ struct Model::Impl {
       preprocess_into(images[ok[j]], pre, batch.ptr() + j * plane);
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
-    std::lock_guard<std::mutex> lock(mutex);
-    Backbone& b = net();  // built outside the timer: a one-off cost
+    const Lease net(*this);  // taken outside the timer: building one is a one-off cost
     StageTimer t(cb, "backbone", n_ok);
-    return b.forward(batch);
+    return net->forward(batch);
   }
 
   // extract(), then the patch embedding of the images in `ok`.
@@ -351,6 +401,12 @@ struct Model::Impl {
   }
 };
 
+void set_opencv_threads(int threads) {
+  if (threads < 0)
+    throw_usage("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
+  cv::setNumThreads(threads > 0 ? threads : available_cores());
+}
+
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
@@ -362,8 +418,8 @@ void Model::set_calibration(const Calibration& c) { impl_->calibration = c; }
 int Model::map_size() const { return impl_->input_size(); }
 
 double Model::backbone_flops_per_image() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->net().flops_per_image(impl_->input_size(), impl_->input_size());
+  const Impl::Lease net(*impl_);
+  return net->flops_per_image(impl_->input_size(), impl_->input_size());
 }
 
 double Model::knn_exact_per_patch() const {
@@ -373,22 +429,19 @@ double Model::knn_exact_per_patch() const {
 bool Model::knn_coarse_stage() const { return impl_->nn && impl_->nn->coarse_stage(); }
 
 void Model::set_threads(int threads) {
-  if (threads < 0) throw_usage("--threads must be >= 0");
+  if (threads < 0)
+    throw_usage("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
   impl_->params.threads = threads;
-  apply_threads(threads);
-  impl_->backbone.reset();  // rebuilt with the new count on next use
-  if (impl_->nn) impl_->nn->set_threads(threads);
 }
 
 void Model::set_engine(BackboneEngine engine) {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->reset_pool();
   impl_->params.engine = engine;
-  impl_->backbone.reset();
 }
 
 std::string Model::backbone_engine() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->net().engine();
+  const Impl::Lease net(*impl_);
+  return net->engine();
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {
@@ -407,7 +460,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
                                               const Params& params, const Callbacks& cb) {
   validate(params);
   if (n == 0) throw_bad_input("(training set)", "no images to fit on");
-  apply_threads(params.threads);
+  const CallThreads threads(params.threads);
   auto impl = std::make_unique<Impl>();
   impl->params = params;
   Impl& m = *impl;
@@ -545,7 +598,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
 
   // Memory bank: greedy coreset over every training patch.
   CoresetParams cp{params.coreset_ratio, params.coreset_min, params.coreset_dim, params.seed, 10,
-                   params.threads};
+                   threads.count()};
   std::vector<int64_t> picks;
   {
     StageTimer t(cb, "coreset", features.rows);
@@ -570,7 +623,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
     Tensor sub({static_cast<int64_t>(sub_rows.size()), dim});
     for (size_t i = 0; i < sub_rows.size(); ++i)
       std::copy_n(features.row(sub_rows[i]), dim, sub.row(static_cast<int64_t>(i)));
-    NearestNeighbors sub_nn(std::move(sub), params.threads);
+    NearestNeighbors sub_nn(std::move(sub), threads.count());
     for (size_t img = 0; img < row_held.size(); ++img) {
       if (!row_held[img]) continue;
       Prediction p = m.score(sub_nn, features.row(static_cast<int64_t>(img) * rows_per_image));
@@ -587,7 +640,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   } else {
     // Nothing to hold out: the best guess is the bank's own spread (each bank row's distance
     // to its nearest other row), which a user should replace through eval or --threshold.
-    NearestNeighbors self(m.bank, params.threads);
+    NearestNeighbors self(m.bank, threads.count());
     const int64_t rows = m.bank.dim(0);
     std::vector<float> d(static_cast<size_t>(rows) * 2);
     std::vector<int64_t> idx(static_cast<size_t>(rows) * 2);
@@ -604,7 +657,7 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
         "too few training images to hold any out: the threshold is a guess; set one with "
         "`patchcore eval --save-threshold` or `predict --threshold`");
   }
-  m.nn = std::make_unique<NearestNeighbors>(m.bank, params.threads);
+  m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return impl;
 }
 
@@ -612,10 +665,11 @@ std::vector<Prediction> Model::Impl::predict(size_t count,
                                              const std::function<cv::Mat(size_t)>& load,
                                              const std::function<std::string(size_t)>& name,
                                              const Callbacks& cb) const {
-  apply_threads(params.threads);
+  CallThreads threads(params.threads);
   std::vector<Prediction> out;
   const size_t bs = static_cast<size_t>(params.batch_size);
   for (size_t start = 0; start < count; start += bs) {
+    if (start > 0) threads.update();  // calls that started or ended meanwhile change the share
     const size_t n = std::min(count, start + bs) - start;
     std::vector<size_t> ok;
     std::vector<cv::Size> sizes;
@@ -740,6 +794,7 @@ Model Model::load(const fs::path& file, const Callbacks&) {
     throw_bad_input(file.string(), std::string("invalid model description: ") + e.what());
   }
   m.params.threads = 0;
+  const CallThreads threads(0);
   m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return Model(std::move(impl));
 }

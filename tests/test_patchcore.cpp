@@ -1,10 +1,12 @@
 // The public Model API on generated data: fit, predict, save, load.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <thread>
 
 #include "dataset.h"
 #include "patchcore/patchcore.h"
@@ -336,4 +338,94 @@ TEST_F(ModelTest, FitOnPixelsInMemoryEqualsFitOnTheirFiles) {
   views[3].name = "array 3";
   patchcore::testing::expect_bad_input_naming("array 3",
                                               [&] { patchcore::Model::fit(views, params_); });
+}
+
+namespace {
+
+// What one prediction job returns, for an exact comparison with the serial run.
+std::vector<patchcore::Prediction> run_job(const patchcore::Model& model, int kind, size_t i,
+                                           const std::vector<fs::path>& paths,
+                                           const std::vector<patchcore::ImageView>& views) {
+  switch (kind) {
+    case 0:
+      return {model.predict(paths[i])};
+    case 1:
+      return {model.predict(views[i])};
+    case 2:
+      return model.predict(paths);
+    default:
+      return model.predict(views);
+  }
+}
+
+// Differences between two runs of a job, empty when they are bit-identical.
+std::string difference(const std::vector<patchcore::Prediction>& a,
+                       const std::vector<patchcore::Prediction>& b) {
+  if (a.size() != b.size()) return "sizes differ";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].path != b[i].path) return "path of " + a[i].path.string();
+    if (a[i].score != b[i].score || a[i].normalized_score != b[i].normalized_score ||
+        a[i].anomalous != b[i].anomalous)
+      return "score of " + a[i].path.string();
+    if (a[i].map.values != b[i].map.values) return "map of " + a[i].path.string();
+    if (a[i].image_height != b[i].image_height || a[i].image_width != b[i].image_width)
+      return "size of " + a[i].path.string();
+  }
+  return "";
+}
+
+}  // namespace
+
+// One const model, 8 threads of mixed predictions (single paths and views, batches of each) on
+// both engines with the threads left at 0 (shared cores): every result is the serial run's, and
+// the caller's OpenMP and OpenCV thread counts are as they were.
+TEST_F(ModelTest, ConstModelGivesSerialResultsToEightThreadsAtOnce) {
+  patchcore::Model fitted = patchcore::Model::fit(train_, params_);
+  std::vector<fs::path> paths;
+  std::vector<patchcore::Image> images;
+  std::vector<patchcore::ImageView> views;
+  for (const auto& s : data_.test) {
+    paths.push_back(s.image);
+    images.push_back(read_png(s.image));
+  }
+  for (const auto& img : images) views.push_back(img.view());
+  fitted.set_threads(0);
+  omp_set_num_threads(1);
+  const int opencv_threads = cv::getNumThreads();
+  for (const auto engine : {patchcore::BackboneEngine::gemm, patchcore::BackboneEngine::opencv}) {
+    fitted.set_engine(engine);
+    const patchcore::Model& model = fitted;
+    // Every (kind, image) job, run serially first.
+    std::vector<std::pair<int, size_t>> jobs;
+    for (int kind = 0; kind < 4; ++kind)
+      for (size_t i = 0; i < (kind < 2 ? paths.size() : 1); ++i) jobs.emplace_back(kind, i);
+    std::vector<std::vector<patchcore::Prediction>> serial;
+    for (const auto& [kind, i] : jobs) serial.push_back(run_job(model, kind, i, paths, views));
+
+    constexpr int kThreads = 8;
+    std::vector<std::vector<std::string>> failures(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        // Each thread its own mix: every 3rd job from its own starting point.
+        for (size_t j = static_cast<size_t>(t); j < jobs.size() + t; j += 3) {
+          const size_t at = j % jobs.size();
+          const auto& [kind, i] = jobs[at];
+          try {
+            const std::string d = difference(run_job(model, kind, i, paths, views), serial[at]);
+            if (!d.empty()) failures[t].push_back("job " + std::to_string(at) + ": " + d);
+          } catch (const std::exception& e) {
+            failures[t].push_back("job " + std::to_string(at) + " threw: " + e.what());
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < kThreads; ++t)
+      for (const std::string& f : failures[t]) ADD_FAILURE() << "thread " << t << ", " << f;
+    EXPECT_EQ(model.backbone_engine(), engine == patchcore::BackboneEngine::gemm ? "gemm"
+                                                                                  : "opencv");
+  }
+  EXPECT_EQ(omp_get_max_threads(), 1);
+  EXPECT_EQ(cv::getNumThreads(), opencv_threads);
 }

@@ -149,6 +149,7 @@ void add_bench(CLI::App& app) {
   add_fit_options(*cmd, s->options);
   cmd->callback([s] {
     const Params params = resolve_fit_options(s->options);
+    set_opencv_threads(params.threads);
     if (s->compare_engines < 0) throw_usage("--compare-engines must be >= 0");
     if (s->compare_engines > 0) {
       json out = compare_engines(params, s->compare_engines);

@@ -31,6 +31,7 @@ void add_demo(CLI::App& app) {
     fs::remove_all(data);
     write_synthetic_dataset(data, SyntheticParams{});
     const Params params = resolve_fit_options(s->options);
+    set_opencv_threads(params.threads);
     const Dataset d = scan_dataset(data);
     std::vector<fs::path> images;
     for (const Sample& x : d.train) images.push_back(x.image);

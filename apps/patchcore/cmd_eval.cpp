@@ -52,6 +52,7 @@ void add_eval(CLI::App& app) {
     const Callbacks cb = stderr_callbacks();
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
+    set_opencv_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
     const Dataset data = scan_dataset(s->data);
     if (!data.mvtec || data.test.empty())

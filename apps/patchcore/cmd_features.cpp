@@ -72,6 +72,7 @@ void add_features(CLI::App& app) {
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->callback([s] {
     if (s->image_size < 0) throw_usage("--image-size must be positive");
+    set_opencv_threads(s->threads);
     std::vector<std::string> layers = split_layers(s->layers);
     const cv::Mat rgb = load_rgb(s->image);
     const int h = s->image_size > 0 ? s->image_size : rgb.rows;

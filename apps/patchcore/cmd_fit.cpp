@@ -34,6 +34,7 @@ void add_fit(CLI::App& app) {
   add_fit_options(*cmd, s->options);
   cmd->callback([s] {
     const Params params = resolve_fit_options(s->options);
+    set_opencv_threads(params.threads);
     check_writable_target(s->out);
     const Dataset data = scan_dataset(s->data);
     std::vector<std::filesystem::path> images;

@@ -35,6 +35,7 @@ void add_predict(CLI::App& app) {
     const Callbacks cb = stderr_callbacks(true);
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
+    set_opencv_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
     if (s->threshold) {
       Calibration c = model.calibration();

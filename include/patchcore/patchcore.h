@@ -11,6 +11,13 @@
 // The library never prints: log lines and progress go to the callbacks. User errors (bad file,
 // bad option) throw patchcore::Error with ErrorKind::bad_input or ::usage and a message that
 // names the file and the problem; broken invariants throw ErrorKind::internal.
+//
+// Threads. A const Model may be used from many threads at once (predict, image_map, info_json,
+// save, ...); the non-const setters (set_calibration, set_threads, set_engine) must not run
+// while another thread uses the same model. Every call runs its parallel work on OpenMP threads
+// whose count is set for that call on the calling thread and restored after it (Params::threads,
+// 0: all cores, shared among the library calls in flight); the library never changes
+// process-wide settings, except set_opencv_threads() when asked.
 #pragma once
 
 #include <cstdint>
@@ -137,9 +144,15 @@ struct Params {
   /// threshold and the normalisation when no abnormal images exist.
   double holdout_fraction = 0.1;
 
-  /// 0: all cores. The work runs on OpenMP threads (OpenCV's for image operations); run the
-  /// program with OMP_WAIT_POLICY=passive when other processes share the cores (the CLI sets
-  /// it for itself): spinning idle threads slowed two concurrent runs several-fold.
+  /// OpenMP threads of each call, set on the calling thread for the call and restored after it.
+  /// 0: all cores, shared among the library's calls in flight (any model, any thread): a call
+  /// takes cores / calls running at its start (and at each batch), at least one, so that
+  /// concurrent callers that each ask for all cores do not start full teams on the same cores.
+  /// A call made inside an OpenMP parallel region runs on its own thread (nested regions are
+  /// inactive by default). Image operations and the OpenCV engine run on OpenCV's pool, which
+  /// is process-wide (set_opencv_threads). Run the program with OMP_WAIT_POLICY=passive when
+  /// other work shares the cores (the CLI sets it for itself): spinning idle threads slowed two
+  /// concurrent runs several-fold.
   int threads = 0;
   /// Images per backbone call. With the gemm engine, as many images as threads at a time run
   /// one per thread (each thread then holds one image's maps), the rest with each layer shared
@@ -217,6 +230,12 @@ struct Calibration {
   std::string source;  ///< "holdout" or "f1" (set by eval) or "user"
 };
 
+/// Sets the size of OpenCV's worker pool, which is process-wide: image decoding, resizing and
+/// blurring and the OpenCV engine run on it (TBB shares it among concurrent callers). 0: all
+/// cores. Not thread-safe: call it at start, before other threads use the library, if at all;
+/// the library itself never resizes it. Throws Error(usage) when negative.
+void set_opencv_threads(int threads);
+
 /// Normalised score per Calibration: threshold -> 0.5, clipped to [0, 1].
 double normalize_score(double score, double threshold, const Calibration& c);
 
@@ -270,7 +289,8 @@ class Model {
   /// Whether the bounded search still takes its coarse bound first (it turns that off where
   /// too many bank rows pass it); false for brute force. For benchmarks.
   bool knn_coarse_stage() const;
-  /// Sets the thread count for later predictions (0: all cores).
+  /// Sets the thread count of later predictions (as Params::threads; 0: all cores, shared).
+  /// Throws Error(usage) when negative.
   void set_threads(int threads);
   /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
   void set_engine(BackboneEngine engine);

@@ -654,6 +654,9 @@ PYBIND11_MODULE(_patchcore, m) {
       },
       py::arg("data"), py::arg("name") = "bytes",
       "Decodes PNG, JPEG, BMP, TIFF or WebP bytes: uint8 RGB, H x W x 3.");
+  m.def("set_opencv_threads", &set_opencv_threads, py::arg("threads"),
+        "Size of OpenCV's process-wide pool (decoding, resizing, the OpenCV engine); 0: all "
+        "cores. Call it before other threads use the library, if at all.");
   m.def(
       "_live_objects",
       [] {

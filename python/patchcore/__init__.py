@@ -16,10 +16,11 @@ import logging
 import os
 
 from . import _patchcore
-from ._patchcore import Model, Prediction, decode_image, default_params, load, load_image
+from ._patchcore import (Model, Prediction, decode_image, default_params, load, load_image,
+                         set_opencv_threads)
 
 __all__ = ["fit", "load", "Model", "Prediction", "default_params", "load_image", "decode_image",
-           "overlay"]
+           "overlay", "set_opencv_threads"]
 
 logging.getLogger("patchcore").addHandler(logging.NullHandler())
 

@@ -132,7 +132,7 @@ BackboneEngine engine_from_string(const std::string& name) {
   if (name == "auto") return BackboneEngine::automatic;
   if (name == "gemm") return BackboneEngine::gemm;
   if (name == "opencv") return BackboneEngine::opencv;
-  throw_usage("unknown backbone engine '" + name + "' (auto, gemm or opencv)");
+  throw_usage("unknown engine '" + name + "' (expected auto, gemm or opencv)");
 }
 
 std::optional<BackboneInfo> builtin_backbone(const std::string& name) {

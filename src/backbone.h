@@ -57,9 +57,6 @@ std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
                                         const std::vector<std::string>& layers, int threads,
                                         BackboneEngine engine);
 
-/// "auto", "gemm" or "opencv" (the CLI's --engine); throws Error(usage) otherwise.
-BackboneEngine engine_from_string(const std::string& name);
-
 /// What is known about a backbone before running it.
 struct BackboneInfo {
   std::string name;                         ///< "inception_v3", "mobilenet_v2" or the file path

@@ -18,12 +18,7 @@ enum class Normalization {
 const char* to_string(Normalization n);
 /// Throws Error(usage) on an unknown name.
 Normalization normalization_from_string(const std::string& name);
-const char* to_string(Resize r);
-const char* to_string(Intensity i);
-/// Throws Error(usage) on an unknown name.
-Intensity intensity_from_string(const std::string& name);
-/// Throws Error(usage) on an unknown name.
-Resize resize_from_string(const std::string& name);
+// to_string / *_from_string of Resize and Intensity: in the public header.
 
 /// Loads a file as CV_8UC3 in RGB order. Grey is replicated, alpha is dropped, 16-bit is scaled
 /// to 8-bit (/257), float images are taken as [0, 1]. EXIF orientation is ignored (as PIL and

@@ -27,6 +27,7 @@
 #include "knn.h"
 #include "model_file.h"
 #include "overlay.h"
+#include "params.h"
 #include "scoring.h"
 #include "sha256.h"
 #include "threshold.h"
@@ -36,9 +37,6 @@ using nlohmann::json;
 
 namespace patchcore {
 namespace {
-
-const char* to_string(EmbeddingMode m) { return m == EmbeddingMode::paper ? "paper" : "concat"; }
-const char* to_string(Upsample u) { return u == Upsample::bilinear ? "bilinear" : "nearest"; }
 
 json params_to_json(const Params& p) {
   return json{{"preset", p.preset},
@@ -80,8 +78,7 @@ Params params_from_json(const json& j) {
   p.resize = resize_from_string(j.value("resize", "squash"));  // absent in older files
   p.resize_scale = j.value("resize_scale", 0.0);
   p.intensity = intensity_from_string(j.value("intensity", "keep"));
-  p.embedding = j.at("embedding").get<std::string>() == "paper" ? EmbeddingMode::paper
-                                                                : EmbeddingMode::concat;
+  p.embedding = embedding_from_string(j.at("embedding").get<std::string>());
   p.patch_size = j.at("patch_size").get<int>();
   p.pretrain_dim = j.at("pretrain_dim").get<int>();
   p.target_dim = j.at("target_dim").get<int>();
@@ -93,8 +90,7 @@ Params params_from_json(const json& j) {
   p.squared_l2 = j.at("squared_l2").get<bool>();
   p.reweight = j.at("reweight").get<bool>();
   p.reweight_b = j.at("reweight_b").get<int>();
-  p.upsample =
-      j.at("upsample").get<std::string>() == "nearest" ? Upsample::nearest : Upsample::bilinear;
+  p.upsample = upsample_from_string(j.at("upsample").get<std::string>());
   p.blur_sigma = j.at("blur_sigma").get<double>();
   p.blur_reflect101 = j.value("blur_reflect101", false);
   p.holdout_fraction = j.at("holdout_fraction").get<double>();
@@ -120,25 +116,6 @@ Calibration calibration_from_json(const json& j) {
   return c;
 }
 
-void validate(const Params& p) {
-  if (p.image_size != 0 && (p.image_size < 32 || p.image_size > 4096))
-    throw_usage("--image-size must be between 32 and 4096, got " + std::to_string(p.image_size));
-  if (p.crop < 0 || (p.crop > 0 && p.image_size > 0 && p.crop > p.image_size))
-    throw_usage("--crop must be between 0 and the image size");
-  if (!(p.coreset_ratio > 0)) throw_usage("--coreset-ratio must be > 0 (1 keeps every patch)");
-  if (p.patch_size < 1 || p.patch_size % 2 == 0) throw_usage("patch size must be odd and >= 1");
-  if (p.pretrain_dim < 1 || p.target_dim < 1) throw_usage("pooling dimensions must be >= 1");
-  if (p.coreset_min < 0) throw_usage("--coreset-min must be >= 0");
-  if (p.coreset_dim < 1) throw_usage("coreset projection dimension must be >= 1");
-  if (p.k < 1) throw_usage("k must be >= 1");
-  if (p.reweight_b < 1) throw_usage("the re-weighting neighbourhood b must be >= 1");
-  if (p.blur_sigma < 0) throw_usage("blur sigma must be >= 0");
-  if (p.holdout_fraction < 0 || p.holdout_fraction >= 1)
-    throw_usage("holdout fraction must be in [0, 1)");
-  if (p.batch_size < 1) throw_usage("batch size must be >= 1");
-  if (p.threads < 0) throw_usage("threads must be >= 0 (0: all cores)");
-}
-
 // Available memory as the kernel estimates it; 0 when unknown.
 double available_bytes() {
   std::ifstream in("/proc/meminfo");
@@ -160,7 +137,7 @@ void check_memory(double bank_bytes, int proj_dim, int64_t rows) {
     std::snprintf(msg, sizeof msg,
                   "the memory bank before subsampling needs about %.1f GB (%lld patches) but "
                   "only %.1f GB of memory is available; use fewer or smaller images "
-                  "(--image-size) or a backbone with a coarser grid",
+                  "(image_size) or a backbone with a coarser grid",
                   need / 1e9, static_cast<long long>(rows), have / 1e9);
     throw_bad_input("(training set)", msg);
   }
@@ -465,35 +442,16 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
   impl->params = params;
   Impl& m = *impl;
 
-  // Resolve the backbone: a built-in name or an ONNX file.
-  const auto builtin = builtin_backbone(params.backbone);
-  if (builtin) {
-    m.layers = params.layers.empty() ? builtin->default_layers : params.layers;
-    m.normalization = params.normalization.empty()
-                          ? builtin->normalization
-                          : normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0 ? params.image_size : builtin->default_image_size;
-  } else {
-    if (!fs::exists(params.backbone))
-      throw_bad_input(params.backbone,
-                      "not a built-in backbone (inception_v3, mobilenet_v2) and no such file");
-    const BackboneInfo file = onnx_backbone_info(params.backbone);
-    m.layers = params.layers.empty() ? file.default_layers : params.layers;
-    if (m.layers.empty())
-      throw_usage("--layers is required with this ONNX backbone (" + params.backbone + ")");
-    if (params.normalization.empty() && !file.has_normalization)
-      throw_usage("--normalize is required with this ONNX backbone (" + params.backbone + ")");
-    m.normalization = params.normalization.empty()
-                          ? file.normalization
-                          : normalization_from_string(params.normalization);
-    m.image_size = params.image_size > 0         ? params.image_size
-                   : file.default_image_size > 0 ? file.default_image_size
-                                                 : 224;
-  }
-  if (params.crop > m.image_size) throw_usage("--crop must not exceed the image size");
+  const BackboneSpec spec = resolve_backbone(params);
+  m.layers = spec.layers;
+  m.normalization = normalization_from_string(spec.normalization);
+  m.image_size = spec.image_size;
+  if (params.crop > m.image_size)
+    throw_usage("crop (" + std::to_string(params.crop) + ") must not exceed image_size (" +
+                std::to_string(m.image_size) + ")");
   if (params.resize != Resize::squash && params.crop > 0)
-    throw_usage(std::string("--resize ") + to_string(params.resize) +
-                " keeps the whole image: it cannot be combined with --crop");
+    throw_usage(std::string("resize ") + to_string(params.resize) +
+                " keeps the whole image: it cannot be combined with crop");
   int largest = 0;
   if (params.resize == Resize::fixed || params.intensity == Intensity::automatic) {
     // What the rules need from the training images: the largest side (fixed: it fills S) and
@@ -654,8 +612,8 @@ std::unique_ptr<Model::Impl> Model::Impl::fit(size_t n,
     m.calibration = calibrate_from_normal(nearest, nearest);
     m.calibration.source = "guess";
     log(cb, LogLevel::warning,
-        "too few training images to hold any out: the threshold is a guess; set one with "
-        "`patchcore eval --save-threshold` or `predict --threshold`");
+        "too few training images to hold any out: the threshold is a guess; set one by "
+        "evaluating on labelled images or by hand");
   }
   m.nn = std::make_unique<NearestNeighbors>(m.bank, 0);
   return impl;

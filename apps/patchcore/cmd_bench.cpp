@@ -80,16 +80,9 @@ struct Stages {
 // machine slows both alike: medians and minima of `runs` forwards each, and how far the GEMM
 // engine's features are from OpenCV's (largest difference over the layer's largest value).
 json compare_engines(const Params& params, int runs) {
-  const auto builtin = builtin_backbone(params.backbone);
-  const std::vector<std::string> layers = !params.layers.empty() ? params.layers
-                                          : builtin
-                                              ? builtin->default_layers
-                                              : onnx_backbone_info(params.backbone).default_layers;
-  if (layers.empty()) throw_usage("--layers is required with " + params.backbone);
-  const int size = params.image_size > 0 ? params.image_size
-                   : builtin             ? builtin->default_image_size
-                                         : 0;
-  if (size <= 0) throw_usage("--image-size is required with " + params.backbone);
+  const BackboneSpec spec = resolve_backbone(params);
+  const std::vector<std::string>& layers = spec.layers;
+  const int size = spec.image_size;
   const BackboneGraph g = build_backbone_graph(params.backbone, layers, size);
   Tensor x({1, 3, size, size});
   for (int64_t i = 0; i < x.numel(); ++i) x.data[i] = std::sin(0.37 * static_cast<double>(i));

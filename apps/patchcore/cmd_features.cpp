@@ -78,11 +78,15 @@ void add_features(CLI::App& app) {
     const int h = s->image_size > 0 ? s->image_size : rgb.rows;
     const int w = s->image_size > 0 ? s->image_size : rgb.cols;
 
-    Normalization norm = Normalization::m11;
+    Params params;
+    params.backbone = s->backbone;
+    params.layers = layers;
+    params.normalization = s->normalize;
+    const BackboneSpec spec = resolve_backbone(params);
+    layers = spec.layers;
+    const Normalization norm = normalization_from_string(spec.normalization);
     std::vector<uint8_t> onnx;
-    if (const auto info = builtin_backbone(s->backbone)) {
-      if (layers.empty()) layers = info->default_layers;
-      norm = info->normalization;
+    if (spec.builtin) {
       // Keras graphs are converted for one input size: the image's own, possibly not square.
       const fs::path dir = backbone_dir() / s->backbone;
       if (!fs::is_regular_file(dir / "model.json")) {
@@ -91,15 +95,8 @@ void add_features(CLI::App& app) {
       }
       onnx = keras_to_onnx(load_keras_model(dir), h, w, layers);
     } else {
-      const BackboneInfo file = onnx_backbone_info(s->backbone);
-      if (layers.empty()) layers = file.default_layers;
-      if (layers.empty()) throw_usage("--layers is required with " + s->backbone);
-      if (s->normalize.empty() && !file.has_normalization)
-        throw_usage("--normalize is required with " + s->backbone);
-      norm = file.normalization;
       onnx = build_backbone_graph(s->backbone, layers, 0).onnx;
     }
-    if (!s->normalize.empty()) norm = normalization_from_string(s->normalize);
 
     const Tensor input = network_input(rgb, s->image_size, norm);
     const auto net = make_backbone(onnx, layers, s->threads, engine_from_string(s->engine));

@@ -83,27 +83,7 @@ CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
 }
 
 Params resolve_fit_options(const FitOptions& o) {
-  Params p;
-  p.preset = o.preset;
-  if (o.preset == "paper") {
-    // The authors' reference code: resize 256, centre crop 224, squared L2 from FAISS.
-    p.image_size = 256;
-    p.crop = 224;
-    p.embedding = EmbeddingMode::paper;
-    p.squared_l2 = true;
-    p.coreset_ratio = 0.1;
-    p.coreset_min = 0;
-    p.intensity = Intensity::keep;
-  } else if (o.preset == "anomalib") {
-    p.image_size = 256;
-    p.embedding = EmbeddingMode::concat;
-    p.reweight = true;
-    p.upsample = Upsample::nearest;
-    p.blur_reflect101 = true;
-    p.coreset_ratio = 0.1;
-    p.coreset_min = 0;
-    p.intensity = Intensity::keep;
-  }
+  Params p = preset_params(o.preset);
   const Params& u = o.params;
   auto given = [&](const char* name) { return o.given.at(name)->count() > 0; };
   if (given("backbone")) p.backbone = u.backbone;
@@ -120,16 +100,14 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("intensity")) p.intensity = intensity_from_string(o.intensity);
   if (given("coreset-ratio")) p.coreset_ratio = u.coreset_ratio;
   if (given("coreset-min")) p.coreset_min = u.coreset_min;
-  if (given("embedding"))
-    p.embedding = o.embedding == "concat" ? EmbeddingMode::concat : EmbeddingMode::paper;
+  if (given("embedding")) p.embedding = embedding_from_string(o.embedding);
   if (given("pretrain-dim")) p.pretrain_dim = u.pretrain_dim;
   if (given("target-dim")) p.target_dim = u.target_dim;
   if (given("patch-size")) p.patch_size = u.patch_size;
   if (given("k")) p.k = u.k;
   if (given("squared")) p.squared_l2 = u.squared_l2;
   if (given("reweight")) p.reweight = u.reweight;
-  if (given("upsample"))
-    p.upsample = o.upsample == "nearest" ? Upsample::nearest : Upsample::bilinear;
+  if (given("upsample")) p.upsample = upsample_from_string(o.upsample);
   if (given("sigma")) p.blur_sigma = u.blur_sigma;
   if (given("holdout")) p.holdout_fraction = u.holdout_fraction;
   if (given("seed")) p.seed = u.seed;

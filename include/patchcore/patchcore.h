@@ -161,6 +161,47 @@ struct Params {
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
 };
 
+// ---------------------------------------------------------------------------------------------
+// Parameters as text, presets, and the backbone's defaults
+
+/// The enums' names as model files, `info` and the CLI write them. The *_from_string functions
+/// throw Error(usage) naming the parameter and the choices on any other name.
+const char* to_string(EmbeddingMode m);  ///< "paper", "concat"
+EmbeddingMode embedding_from_string(const std::string& name);
+const char* to_string(Upsample u);  ///< "bilinear", "nearest"
+Upsample upsample_from_string(const std::string& name);
+const char* to_string(Intensity i);  ///< "keep", "standardize", "auto"
+Intensity intensity_from_string(const std::string& name);
+const char* to_string(Resize r);  ///< "squash", "pad", "fixed"
+Resize resize_from_string(const std::string& name);
+const char* to_string(BackboneEngine e);  ///< "auto", "gemm", "opencv"
+BackboneEngine engine_from_string(const std::string& name);
+
+/// The defaults with a preset's values applied: "paper" (the authors' code: resize 256, centre
+/// crop 224, paper embedding, squared L2, 10 % coreset), "anomalib" (256, concat, re-weighting,
+/// nearest upsampling, reflect-101 blur, 10 % coreset) or "" (this project's defaults).
+/// Params::preset records the name. Throws Error(usage) on another name.
+Params preset_params(const std::string& preset);
+
+/// A backbone with its defaults filled in: what fit builds, and what a front end shows or runs.
+struct BackboneSpec {
+  std::string backbone;             ///< as given: a built-in name or an ONNX file
+  bool builtin = false;
+  std::vector<std::string> layers;  ///< Params::layers, else the backbone's defaults
+  std::string normalization;        ///< "imagenet", "m11" or "unit"
+  int image_size = 0;               ///< Params::image_size, else the backbone's default
+};
+
+/// The one resolver of backbone, layers, normalisation and image size: a built-in backbone's own
+/// defaults, an ONNX file's (written by import_torchvision; 224 when it names no size). Throws
+/// Error(bad_input) naming the backbone when it is neither built in nor a readable ONNX file,
+/// Error(usage) when an ONNX file names no default layers or normalisation and Params gives
+/// none, or on an unknown normalisation.
+BackboneSpec resolve_backbone(const Params& params);
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
 /// 8-bit pixels in memory, not owned: what a caller with a decoded image (a camera frame, a
 /// NumPy array, a network request's tensor) passes instead of a file. Channels are interleaved
 /// in RGB order (grey: one channel; RGBA: the alpha is ignored); row r starts at

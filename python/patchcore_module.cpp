@@ -20,8 +20,6 @@
 namespace py = pybind11;
 namespace fs = std::filesystem;
 using namespace patchcore;
-using patchcore::python::from_text;
-using patchcore::python::to_text;
 
 namespace {
 
@@ -232,7 +230,7 @@ void visit_params(P& p, F&& f) {
 template <class T>
 py::object to_py(const T& v) {
   if constexpr (std::is_enum_v<T>)
-    return py::str(to_text(v));
+    return py::str(to_string(v));
   else
     return py::cast(v);
 }
@@ -287,16 +285,22 @@ void from_py(const std::string& name, py::handle v, double& out) {
   out = PyFloat_AsDouble(v.ptr());
   if (PyErr_Occurred()) throw py::error_already_set();
 }
+void parse(const std::string& s, Resize& v) { v = resize_from_string(s); }
+void parse(const std::string& s, Intensity& v) { v = intensity_from_string(s); }
+void parse(const std::string& s, EmbeddingMode& v) { v = embedding_from_string(s); }
+void parse(const std::string& s, Upsample& v) { v = upsample_from_string(s); }
+void parse(const std::string& s, BackboneEngine& v) { v = engine_from_string(s); }
+
 template <class E>
 requires std::is_enum_v<E>
 void from_py(const std::string& name, py::handle v, E& out) {
   if (!py::isinstance<py::str>(v)) wrong_type(name, "a string", v);
-  from_text(name, v.cast<std::string>(), out);
+  parse(v.cast<std::string>(), out);
 }
 
 // The preset's values, then every entry of `given` (keyword -> value) on top, as the CLI does.
 Params params_from(const std::string& preset, const py::dict& given) {
-  Params p = python::preset_params(preset);
+  Params p = preset_params(preset);
   std::vector<std::string> known;
   visit_params(p, [&](const char* name, auto&) { known.emplace_back(name); });
   for (const auto& [key, value] : given) {
@@ -600,8 +604,7 @@ PYBIND11_MODULE(_patchcore, m) {
             return read(self, [](const Model& m) { return m.backbone_engine(); });
           },
           [](PyModel& self, const std::string& name) {
-            BackboneEngine e{};
-            from_text("engine", name, e);
+            const BackboneEngine e = engine_from_string(name);
             py::gil_scoped_release release;
             std::unique_lock lock(self.mutex);
             self.model.set_engine(e);
@@ -627,7 +630,7 @@ PYBIND11_MODULE(_patchcore, m) {
   m.def("load", &load, py::arg("path"), "Loads a model file written by save() or the CLI.");
   m.def(
       "default_params",
-      [](const std::string& preset) { return params_dict(python::preset_params(preset)); },
+      [](const std::string& preset) { return params_dict(preset_params(preset)); },
       py::arg("preset") = "", "The fit parameters (of a preset) as a dict, library names.");
   m.def(
       "load_image",

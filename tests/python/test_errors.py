@@ -105,10 +105,13 @@ def test_bad_parameters(data):
         patchcore.fit(train, coreset_ration=0.1)
     with pytest.raises(TypeError, match="resize_scale"):
         patchcore.fit(train, resize_scale=0.5)
-    with pytest.raises(ValueError, match=r"resize: unknown value 'stretch' \(expected one of squash, pad, fixed\)"):
+    # Enum texts and presets: the library's names, and its messages.
+    with pytest.raises(ValueError, match=r"unknown resize 'stretch' \(expected squash, pad or fixed\)"):
         patchcore.fit(train, resize="stretch", **FAST)
-    with pytest.raises(ValueError, match="preset: unknown value 'fast'"):
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
         patchcore.fit(train, preset="fast", **FAST)
+    with pytest.raises(ValueError, match="unknown engine 'cuda'"):
+        patchcore.fit(train, engine="cuda", **FAST)
     with pytest.raises(TypeError, match="image_size: expected an integer, got float 96.5"):
         patchcore.fit(train, backbone="mobilenet_v2", image_size=96.5)
     with pytest.raises(TypeError, match="squared_l2: expected True or False, got int 1"):

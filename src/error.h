@@ -7,14 +7,7 @@
 
 #include "patchcore/patchcore.h"
 
-namespace patchcore {
-
-/// Throws Error(ErrorKind::bad_input) with "<path>: <what>".
-[[noreturn]] void throw_bad_input(const std::string& path, const std::string& what);
-/// Throws Error(ErrorKind::usage).
-[[noreturn]] void throw_usage(const std::string& what);
-
-}  // namespace patchcore
+// throw_bad_input() and throw_usage(): in the public header.
 
 // A broken invariant is a bug in this library, not a user error: report where and abort loudly
 // through an internal Error so that the CLI exits with code 1.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
@@ -407,10 +408,13 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     if (s.label == 0 || s.label == 1) labelled.push_back(s);
   if (labelled.empty())
     throw_bad_input("(test set)", "no labelled test images (expected test/good and test/<defect>)");
-  std::error_code ec;
-  fs::create_directories(o.out_dir, ec);
-  if (ec || !fs::is_directory(o.out_dir))
-    throw_bad_input(o.out_dir.string(), "cannot create the output folder");
+  const bool write = !o.out_dir.empty();
+  if (write) {
+    std::error_code ec;
+    fs::create_directories(o.out_dir, ec);
+    if (ec || !fs::is_directory(o.out_dir))
+      throw_bad_input(o.out_dir.string(), "cannot create the output folder");
+  }
 
   const Params& params = model.params();
   const Preprocess pre = preprocess_for(params);
@@ -512,7 +516,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     cv::Mat on_image = map_to_image(map, rgb.size(), pre);
     return std::pair(heatmap_overlay(rgb, on_image, calib, scale), predicted_mask(on_image, calib));
   };
-  if (o.write_images) {
+  if (write && o.write_images) {
     for (Row& r : rows) {
       const fs::path dir =
           o.out_dir / "images" / (r.sample.kind.empty() ? "unknown" : r.sample.kind);
@@ -532,7 +536,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     labels.push_back(static_cast<uint8_t>(r.sample.label));
   }
   EvalResult result;
-  json& j = result.metrics;
+  json j;
   j["n_images"] = rows.size();
   j["n_skipped"] = labelled.size() - rows.size();
   j["image_auroc"] = optional_json(auroc(scores, labels));
@@ -633,6 +637,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
     result.f1_calibration = calibrate_from_labels(scores, labels, pixel_scores, pixel_labels);
     result.has_f1 = true;
   }
+  result.metrics_json = j.dump(2);
+  if (!write) return result;
 
   // predictions.csv
   std::ostringstream csv;
@@ -812,6 +818,16 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
   html << "</main></body></html>\n";
   write_text_file(o.out_dir / "report.html", html.str());
   return result;
+}
+
+EvalResult evaluate(const Model& model, const fs::path& data, const EvalOptions& o,
+                    const Callbacks& callbacks) {
+  const Dataset d = scan_dataset(data);
+  if (!d.mvtec || d.test.empty())
+    throw_bad_input(data.string(),
+                    "evaluation needs labelled images: test/good and test/<defect> folders "
+                    "(MVTec AD layout)");
+  return evaluate(model, d.test, o, callbacks);
 }
 
 }  // namespace patchcore

@@ -1,23 +1,5 @@
 // A small generated data set in the MVTec AD layout: the demo's data and the tests' data.
+// SyntheticParams and write_synthetic_dataset() are declared in the public header.
 #pragma once
 
-#include <cstdint>
-#include <filesystem>
-
-namespace patchcore {
-
-struct SyntheticParams {
-  int size = 160;       ///< image side in pixels
-  int n_train = 30;     ///< normal training images
-  int n_test_good = 10; ///< normal test images
-  int n_per_defect = 8; ///< per defect kind: "scratch", "spot", "stain"
-  uint64_t seed = 1;
-};
-
-/// Writes dir/train/good, dir/test/{good,scratch,spot,stain} and dir/ground_truth/<kind>/
-/// <stem>_mask.png: a woven texture with random jitter, noise and lighting; defects painted on
-/// top with their masks. Deterministic for a seed. Throws Error(bad_input) when dir cannot be
-/// written.
-void write_synthetic_dataset(const std::filesystem::path& dir, const SyntheticParams& p);
-
-}  // namespace patchcore
+#include "patchcore/patchcore.h"

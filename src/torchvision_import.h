@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "patchcore/patchcore.h"
 #include "torch_pickle.h"
 
 namespace patchcore {
@@ -42,7 +43,7 @@ struct ResNetSpec {
 
 /// resnet18/34/50/101/152, wide_resnet50_2, wide_resnet101_2; empty for other names.
 std::optional<ResNetSpec> torchvision_arch(const std::string& name);
-std::vector<std::string> torchvision_arch_names();
+// torchvision_arch_names() and import_torchvision(): in the public header.
 
 /// Every conv / BatchNorm tensor of the architecture (layer1..layer4) with its shape, as
 /// torchvision names them; num_batches_tracked and fc.* are not listed.
@@ -56,11 +57,5 @@ std::map<std::string, std::vector<int64_t>> resnet_tensor_shapes(const ResNetSpe
 std::vector<uint8_t> resnet_to_onnx(const ResNetSpec& spec, const StateDict& weights,
                                     int last_layer, const std::string& source,
                                     const std::string& where);
-
-/// Reads weights_file (.pth), converts it for `arch` and writes `out` atomically (temporary name
-/// then rename). Returns the "patchcore.source" identity. Throws Error(usage) on an unknown arch
-/// or last_layer outside 1..4, Error(bad_input) naming the file otherwise.
-std::string import_torchvision(const std::string& arch, const std::filesystem::path& weights_file,
-                               const std::filesystem::path& out, int last_layer = 3);
 
 }  // namespace patchcore

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "dataset.h"
+#include "overlay.h"
 #include "patchcore/patchcore.h"
 #include "synthetic.h"
 #include "test_support.h"
@@ -423,9 +424,59 @@ TEST_F(ModelTest, ConstModelGivesSerialResultsToEightThreadsAtOnce) {
     for (auto& th : threads) th.join();
     for (int t = 0; t < kThreads; ++t)
       for (const std::string& f : failures[t]) ADD_FAILURE() << "thread " << t << ", " << f;
-    EXPECT_EQ(model.backbone_engine(), engine == patchcore::BackboneEngine::gemm ? "gemm"
-                                                                                  : "opencv");
+    EXPECT_EQ(model.backbone_engine(),
+              engine == patchcore::BackboneEngine::gemm ? "gemm" : "opencv");
   }
   EXPECT_EQ(omp_get_max_threads(), 1);
   EXPECT_EQ(cv::getNumThreads(), opencv_threads);
+}
+
+// The public pictures are overlay.h's on the prediction's image map, in RGB; write_image writes
+// what load_image reads back.
+TEST_F(ModelTest, OverlayAndMaskOfAPredictionAndWritingImages) {
+  patchcore::Model model = patchcore::Model::fit(train_, params_);
+  const fs::path file = data_.test.back().image;
+  const patchcore::Image img = read_png(file);
+  const patchcore::Prediction p = model.predict(img.view());
+  const patchcore::AnomalyMap m = model.image_map(p);
+  cv::Mat map(m.height, m.width, CV_32F, const_cast<float*>(m.values.data()));
+
+  const patchcore::Image overlay = patchcore::heatmap_overlay(model, p, img.view());
+  EXPECT_EQ(overlay.channels, 3);
+  ASSERT_EQ(overlay.height, img.height);
+  ASSERT_EQ(overlay.width, img.width);
+  cv::Mat rgb(img.height, img.width, CV_8UC3, const_cast<uint8_t*>(img.pixels.data()));
+  cv::Mat bgr = patchcore::heatmap_overlay(rgb, map, model.calibration()), expected;
+  cv::cvtColor(bgr, expected, cv::COLOR_BGR2RGB);
+  EXPECT_EQ(overlay.pixels,
+            std::vector<uint8_t>(expected.data, expected.data + expected.total() * 3));
+
+  const patchcore::Image mask = patchcore::predicted_mask(model, p);
+  EXPECT_EQ(mask.channels, 1);
+  ASSERT_EQ(mask.pixels.size(), m.values.size());
+  for (size_t i = 0; i < m.values.size(); ++i)
+    ASSERT_EQ(mask.pixels[i], m.values[i] >= model.calibration().pixel_threshold ? 255 : 0) << i;
+
+  // Another image's size is refused.
+  patchcore::Image small = img;
+  small.height = img.height / 2;
+  EXPECT_THROW(patchcore::heatmap_overlay(model, p, small.view()), patchcore::Error);
+
+  patchcore::write_image(tmp_ / "out" / "overlay.png", overlay.view());
+  EXPECT_EQ(patchcore::load_image(tmp_ / "out" / "overlay.png").pixels, overlay.pixels);
+  patchcore::write_image(tmp_ / "mask.png", mask.view());
+  const cv::Mat grey = cv::imread((tmp_ / "mask.png").string(), cv::IMREAD_UNCHANGED);
+  ASSERT_EQ(grey.type(), CV_8UC1);
+  EXPECT_EQ(std::vector<uint8_t>(grey.data, grey.data + grey.total()), mask.pixels);
+  patchcore::testing::expect_bad_input_naming(
+      "nothing.xyz", [&] { patchcore::write_image(tmp_ / "nothing.xyz", mask.view()); });
+}
+
+TEST(OpenCvThreads, SetOnlyWhenAskedAndNeverNegative) {
+  const int before = cv::getNumThreads();
+  patchcore::set_opencv_threads(1);
+  EXPECT_EQ(cv::getNumThreads(), 1);
+  EXPECT_THROW(patchcore::set_opencv_threads(-1), patchcore::Error);
+  EXPECT_EQ(cv::getNumThreads(), 1);
+  patchcore::set_opencv_threads(before);
 }

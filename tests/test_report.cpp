@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <regex>
@@ -151,7 +152,7 @@ class Report : public ::testing::Test {
 
 TEST_F(Report, MetricsJsonKeepsItsKeysAndAddsPixelMetricsPerKind) {
   const json m = json::parse(read_bytes(f_->out / "metrics.json"));
-  EXPECT_EQ(m, f_->result.metrics);
+  EXPECT_EQ(m, json::parse(f_->result.metrics_json));
   EXPECT_EQ(m["n_images"], 4 + 3 * 3);
   for (const char* k : {"image_auroc", "pixel_auroc", "aupro", "image_f1", "image_threshold",
                         "map_size", "model_threshold", "ms_per_image", "n_pixel_images"})
@@ -174,7 +175,7 @@ TEST_F(Report, MetricsJsonKeepsItsKeysAndAddsPixelMetricsPerKind) {
 
 // The per-kind pixel metrics take the normal test images plus that kind's images, nothing else.
 TEST_F(Report, PerKindPixelMetricsMatchAPlainRecomputation) {
-  const json& m = f_->result.metrics;
+  const json m = json::parse(f_->result.metrics_json);
   const patchcore::Preprocess pre = preprocess();
   const int size = f_->model->map_size();
   std::map<std::string, std::vector<std::pair<std::vector<float>, std::vector<uint8_t>>>> by_kind;
@@ -252,7 +253,7 @@ TEST(ReportPad, PixelMetricsLeaveThePadOut) {
   EXPECT_EQ(loaded.params().resize, patchcore::Resize::fixed);
   EXPECT_DOUBLE_EQ(loaded.params().resize_scale, 1.0);
   const auto result = patchcore::evaluate(model, data.test, {tmp.path() / "eval", true});
-  const json& m = result.metrics;
+  const json m = json::parse(result.metrics_json);
 
   const patchcore::Preprocess pre = patchcore::preprocess_for(model.params());
   const int size = model.map_size();
@@ -415,3 +416,37 @@ TEST_F(Report, RendersInHeadlessChromium) {
 }
 
 }  // namespace
+
+namespace {
+
+// The metrics without the timing, which differs between runs.
+json without_timing(json m) {
+  m.erase("ms_per_image");
+  return m;
+}
+
+}  // namespace
+
+// Without an output folder nothing is written and the metrics are the same; a data set folder
+// gives its test images' evaluation.
+TEST_F(Report, EvaluateWithoutAnOutputFolderOrFromADataSetFolder) {
+  TempDir tmp;
+  const fs::path cwd = fs::current_path();
+  fs::current_path(tmp.path());  // a stray relative write would land here
+  const patchcore::EvalResult quiet = patchcore::evaluate(*f_->model, f_->data.test, {});
+  fs::current_path(cwd);
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+  const json expected = without_timing(json::parse(f_->result.metrics_json));
+  EXPECT_EQ(without_timing(json::parse(quiet.metrics_json)), expected);
+  EXPECT_EQ(quiet.has_f1, f_->result.has_f1);
+  EXPECT_EQ(quiet.f1_calibration.image_threshold, f_->result.f1_calibration.image_threshold);
+
+  const patchcore::EvalResult from_folder =
+      patchcore::evaluate(*f_->model, f_->tmp / "data", patchcore::EvalOptions{});
+  EXPECT_EQ(without_timing(json::parse(from_folder.metrics_json)), expected);
+
+  // A plain folder of images has no labels.
+  patchcore::testing::expect_bad_input_naming((f_->tmp / "data" / "train" / "good").string(), [&] {
+    patchcore::evaluate(*f_->model, f_->tmp / "data" / "train" / "good", patchcore::EvalOptions{});
+  });
+}

@@ -10,12 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "backbone.h"
-#include "blas.h"
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
-#include "omp_threads.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -35,24 +30,6 @@ std::string cpu_model() {
   while (std::getline(in, line))
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown";
-}
-
-// The machine's sgemm rate on the thread count of the run (best of 3 at the kNN's shape: one
-// image's 1,225 patches against 4,096 rows of 1,024), the yardstick for the GFLOP/s figures.
-double sgemm_gflops(int threads) {
-  const int m = 4096, n = 1225, k = 1024;
-  std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(n) * k, 0.25f),
-      c(static_cast<size_t>(m) * n);
-  OmpThreadsGuard guard(threads);
-  double best = 0.0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const float one = 1.0f, zero = 0.0f;
-    const auto t0 = std::chrono::steady_clock::now();
-    sgemm_("T", "N", &m, &n, &k, &one, a.data(), &k, b.data(), &k, &zero, c.data(), &m);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s > 0) best = std::max(best, 2.0 * m * n * k / s / 1e9);
-  }
-  return best;
 }
 
 struct Stages {
@@ -83,21 +60,22 @@ json compare_engines(const Params& params, int runs) {
   const BackboneSpec spec = resolve_backbone(params);
   const std::vector<std::string>& layers = spec.layers;
   const int size = spec.image_size;
-  const BackboneGraph g = build_backbone_graph(params.backbone, layers, size);
-  Tensor x({1, 3, size, size});
-  for (int64_t i = 0; i < x.numel(); ++i) x.data[i] = std::sin(0.37 * static_cast<double>(i));
+  std::vector<float> x(3 * static_cast<size_t>(size) * size);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37 * static_cast<double>(i));
   const std::vector<BackboneEngine> engines{BackboneEngine::opencv, BackboneEngine::gemm};
-  std::vector<std::unique_ptr<Backbone>> nets;
-  std::vector<std::vector<Tensor>> first;
+  std::vector<FeatureExtractor> nets;
+  std::vector<std::vector<FeatureMap>> first;
   for (BackboneEngine e : engines) {
-    nets.push_back(make_backbone(g.onnx, layers, params.threads, e));
-    first.push_back(nets.back()->forward(x));  // warm-up, and the outputs compared
+    Params p = params;
+    p.engine = e;
+    nets.emplace_back(p, size, size);
+    first.push_back(nets.back().extract(x.data(), 1));  // warm-up, and the outputs compared
   }
   std::vector<std::vector<double>> ms(engines.size());
   for (int r = 0; r < runs; ++r) {
     for (size_t e = 0; e < engines.size(); ++e) {
       const auto t0 = std::chrono::steady_clock::now();
-      nets[e]->forward(x);
+      nets[e].extract(x.data(), 1);
       ms[e].push_back(1e3 *
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -106,16 +84,17 @@ json compare_engines(const Params& params, int runs) {
   for (size_t e = 0; e < engines.size(); ++e) {
     std::sort(ms[e].begin(), ms[e].end());
     const double median = ms[e][ms[e].size() / 2];
-    const double flops = nets[e]->flops_per_image(size, size);
-    out["engines"][nets[e]->engine()] = {{"median_ms", median},
-                                         {"min_ms", ms[e].front()},
-                                         {"gflops_at_median", flops / median / 1e6}};
+    const double flops = nets[e].flops_per_image();
+    out["engines"][nets[e].engine()] = {{"median_ms", median},
+                                        {"min_ms", ms[e].front()},
+                                        {"gflops_at_median", flops / median / 1e6}};
   }
   for (size_t k = 0; k < layers.size(); ++k) {
     double diff = 0, scale = 0;
-    for (int64_t i = 0; i < first[0][k].numel(); ++i) {
-      diff = std::max(diff, std::abs(double{first[0][k].data[i]} - first[1][k].data[i]));
-      scale = std::max(scale, std::abs(double{first[0][k].data[i]}));
+    const std::vector<float>&a = first[0][k].values, &b = first[1][k].values;
+    for (size_t i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, std::abs(double{a[i]} - b[i]));
+      scale = std::max(scale, std::abs(double{a[i]}));
     }
     out["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
   }

@@ -1,9 +1,7 @@
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "cli.h"
-#include "dataset.h"
-#include "report.h"
-#include "synthetic.h"
 
 namespace fs = std::filesystem;
 
@@ -26,8 +24,10 @@ void add_demo(CLI::App& app) {
     const Callbacks cb = stderr_callbacks();
     const fs::path out = s->out;
     const fs::path data = out / "data";
-    cb.log(LogLevel::info, "writing a synthetic data set (woven texture; scratch, spot and "
-                           "stain defects with masks) to " + data.string());
+    cb.log(LogLevel::info,
+           "writing a synthetic data set (woven texture; scratch, spot and "
+           "stain defects with masks) to " +
+               data.string());
     fs::remove_all(data);
     write_synthetic_dataset(data, SyntheticParams{});
     const Params params = resolve_fit_options(s->options);
@@ -42,7 +42,7 @@ void add_demo(CLI::App& app) {
     model.save(model_file);
     cb.log(LogLevel::info, "evaluating on " + std::to_string(d.test.size()) + " test images");
     EvalResult r = evaluate(model, d.test, EvalOptions{out / "eval", true}, cb);
-    print_metrics_summary(r.metrics, out / "eval");
+    print_metrics_summary(nlohmann::json::parse(r.metrics_json), out / "eval");
     std::cout << "model:       " << model_file.string() << "\n";
   });
 }

@@ -1,10 +1,7 @@
 #include <iostream>
+#include <nlohmann/json.hpp>
 
-#include "backbone.h"
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
-#include "report.h"
 
 namespace patchcore::cli {
 
@@ -54,14 +51,9 @@ void add_eval(CLI::App& app) {
     model.set_threads(s->threads);
     set_opencv_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
-    const Dataset data = scan_dataset(s->data);
-    if (!data.mvtec || data.test.empty())
-      throw_bad_input(s->data,
-                      "eval needs labelled images: test/good and test/<defect> "
-                      "folders (MVTec AD layout)");
     EvalOptions o{s->out, !s->no_images};
-    EvalResult r = evaluate(model, data.test, o, cb);
-    print_metrics_summary(r.metrics, s->out);
+    EvalResult r = evaluate(model, std::filesystem::path(s->data), o, cb);
+    print_metrics_summary(nlohmann::json::parse(r.metrics_json), s->out);
     if (s->save_threshold) {
       if (!r.has_f1) throw_bad_input(s->data, "no F1-optimal threshold: both classes are needed");
       model.set_calibration(r.f1_calibration);

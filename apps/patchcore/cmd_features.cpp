@@ -2,12 +2,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "backbone.h"
 #include "cli.h"
-#include "error.h"
-#include "image.h"
-#include "keras_onnx.h"
-#include "npy.h"
 
 namespace fs = std::filesystem;
 
@@ -24,28 +19,6 @@ std::vector<std::string> split_layers(const std::string& s) {
     out.push_back(item);
   }
   return out;
-}
-
-// The image as a [1, 3, h, w] network input, normalised by preprocess_into.
-Tensor network_input(const cv::Mat& rgb, int image_size, Normalization norm) {
-  if (image_size > 0) {
-    Tensor t({1, 3, image_size, image_size});
-    preprocess_into(rgb, Preprocess{image_size, 0, norm}, t.ptr());
-    return t;
-  }
-  // Own size: preprocess_into works on squares, so the image goes into the corner of a square
-  // canvas of its longer side (resizing a square to its own size is a copy) and is cut out again.
-  const int h = rgb.rows, w = rgb.cols, side = std::max(h, w);
-  cv::Mat canvas(side, side, CV_8UC3, cv::Scalar::all(0));
-  rgb.copyTo(canvas(cv::Rect(0, 0, w, h)));
-  std::vector<float> square(3 * static_cast<size_t>(side) * side);
-  preprocess_into(canvas, Preprocess{side, 0, norm}, square.data());
-  Tensor t({1, 3, h, w});
-  for (int c = 0; c < 3; ++c)
-    for (int y = 0; y < h; ++y)
-      std::copy_n(square.data() + (static_cast<size_t>(c) * side + y) * side, w,
-                  t.ptr() + (static_cast<size_t>(c) * h + y) * w);
-  return t;
 }
 
 }  // namespace
@@ -73,46 +46,29 @@ void add_features(CLI::App& app) {
   cmd->callback([s] {
     if (s->image_size < 0) throw_usage("--image-size must be positive");
     set_opencv_threads(s->threads);
-    std::vector<std::string> layers = split_layers(s->layers);
-    const cv::Mat rgb = load_rgb(s->image);
-    const int h = s->image_size > 0 ? s->image_size : rgb.rows;
-    const int w = s->image_size > 0 ? s->image_size : rgb.cols;
-
+    const Image image = load_image(s->image);
     Params params;
     params.backbone = s->backbone;
-    params.layers = layers;
+    params.layers = split_layers(s->layers);
     params.normalization = s->normalize;
-    const BackboneSpec spec = resolve_backbone(params);
-    layers = spec.layers;
-    const Normalization norm = normalization_from_string(spec.normalization);
-    std::vector<uint8_t> onnx;
-    if (spec.builtin) {
-      // Keras graphs are converted for one input size: the image's own, possibly not square.
-      const fs::path dir = backbone_dir() / s->backbone;
-      if (!fs::is_regular_file(dir / "model.json")) {
-        throw_bad_input(dir.string(), "built-in backbone '" + s->backbone +
-                                          "' is not installed (run scripts/setup)");
-      }
-      onnx = keras_to_onnx(load_keras_model(dir), h, w, layers);
-    } else {
-      onnx = build_backbone_graph(s->backbone, layers, 0).onnx;
-    }
-
-    const Tensor input = network_input(rgb, s->image_size, norm);
-    const auto net = make_backbone(onnx, layers, s->threads, engine_from_string(s->engine));
-    const std::vector<Tensor> maps = net->forward(input);
+    params.threads = s->threads;
+    params.engine = engine_from_string(s->engine);
+    // Without --image-size the network runs at the image's own size.
+    FeatureExtractor net(params, s->image_size > 0 ? s->image_size : image.height,
+                         s->image_size > 0 ? s->image_size : image.width);
+    const std::vector<FeatureMap> maps = net.extract(image.view());
 
     std::error_code ec;
     fs::create_directories(s->out, ec);
     if (!fs::is_directory(s->out)) throw_bad_input(s->out, "cannot create the output folder");
-    for (size_t i = 0; i < layers.size(); ++i) {
-      std::string name = layers[i];
+    for (const FeatureMap& map : maps) {
+      std::string name = map.layer;
       for (char& c : name)
         if (c == '/' || c == '\\') c = '_';
       const fs::path file = fs::path(s->out) / (name + ".npy");
-      write_npy(file, maps[i]);
-      std::cout << nlohmann::json{{"layer", layers[i]},
-                                  {"shape", maps[i].shape},
+      write_npy(file, map);
+      std::cout << nlohmann::json{{"layer", map.layer},
+                                  {"shape", map.shape},
                                   {"file", file.string()}}
                        .dump()
                 << "\n";

@@ -3,8 +3,6 @@
 #include <iostream>
 
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
 
 namespace patchcore::cli {
 

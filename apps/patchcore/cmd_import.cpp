@@ -2,7 +2,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
-#include "torchvision_import.h"
 
 namespace patchcore::cli {
 

@@ -1,15 +1,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <set>
 
-#include "backbone.h"
 #include "cli.h"
-#include "dataset.h"
-#include "error.h"
-#include "image.h"
-#include "overlay.h"
-#include "report.h"
 
 namespace fs = std::filesystem;
 
@@ -65,7 +58,6 @@ void add_predict(CLI::App& app) {
       cb.log(level, message);
     };
     const Params& params = model.params();
-    const Preprocess pre = preprocess_for(params);
     std::set<std::string> used;
     const size_t bs = static_cast<size_t>(params.batch_size);
     for (size_t start = 0; start < images.size(); start += bs) {
@@ -82,13 +74,11 @@ void add_predict(CLI::App& app) {
           for (int i = 2; used.count(stem); ++i)
             stem = p.path.stem().string() + "-" + std::to_string(i);
           used.insert(stem);
-          cv::Mat rgb = load_rgb(p.path);
-          cv::Mat m = map_to_image(p.map, rgb.size(), pre);
+          const Image image = load_image(p.path);
           const fs::path heat = fs::path(s->out) / (stem + ".png");
           const fs::path mask = fs::path(s->out) / (stem + "_mask.png");
-          if (!cv::imwrite(heat.string(), heatmap_overlay(rgb, m, model.calibration())) ||
-              !cv::imwrite(mask.string(), predicted_mask(m, model.calibration())))
-            throw_bad_input(heat.string(), "cannot write the heatmap");
+          write_image(heat, heatmap_overlay(model, p, image.view()).view());
+          write_image(mask, predicted_mask(model, p).view());
           j["heatmap"] = heat.string();
           j["mask"] = mask.string();
         }

@@ -4,9 +4,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "backbone.h"
 #include "cli.h"
-#include "image.h"
 
 namespace patchcore::cli {
 

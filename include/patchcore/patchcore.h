@@ -43,6 +43,12 @@ class Error : public std::runtime_error {
   ErrorKind kind_;
 };
 
+/// Throws Error(ErrorKind::bad_input) with "<path>: <what>" (path: a file, or the name of an
+/// input such as "request input 2").
+[[noreturn]] void throw_bad_input(const std::string& path, const std::string& what);
+/// Throws Error(ErrorKind::usage).
+[[noreturn]] void throw_usage(const std::string& what);
+
 enum class LogLevel { debug, info, warning, error };
 
 struct Callbacks {
@@ -185,7 +191,7 @@ Params preset_params(const std::string& preset);
 
 /// A backbone with its defaults filled in: what fit builds, and what a front end shows or runs.
 struct BackboneSpec {
-  std::string backbone;             ///< as given: a built-in name or an ONNX file
+  std::string backbone;  ///< as given: a built-in name or an ONNX file
   bool builtin = false;
   std::vector<std::string> layers;  ///< Params::layers, else the backbone's defaults
   std::string normalization;        ///< "imagenet", "m11" or "unit"
@@ -220,9 +226,10 @@ struct ImageView {
 struct Image {
   int height = 0;
   int width = 0;
-  std::vector<uint8_t> pixels;  ///< height * width * 3 bytes
+  std::vector<uint8_t> pixels;  ///< height * width * channels bytes
   std::string name;
-  ImageView view() const { return ImageView{pixels.data(), height, width, 3, 0, name}; }
+  int channels = 3;  ///< 3 (RGB), or 1 for a mask
+  ImageView view() const { return ImageView{pixels.data(), height, width, channels, 0, name}; }
 };
 
 /// What the header of encoded image bytes says, read without decoding any pixel.
@@ -244,6 +251,10 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name,
                    int64_t max_pixels = 0);
 /// Reads an image file as decode_image() reads bytes. Throws Error(bad_input) naming the file.
 Image load_image(const std::filesystem::path& file);
+/// Writes an image (grey, RGB or RGBA view) in the format its extension names (.png, .jpg,
+/// .bmp, .tif, .webp), creating its folder. Throws Error(bad_input) naming the file when it
+/// cannot be written, Error(bad_input) naming the view when the view is invalid.
+void write_image(const std::filesystem::path& file, const ImageView& image);
 
 /// A float image, row-major.
 struct AnomalyMap {
@@ -348,5 +359,147 @@ class Model {
 
   std::unique_ptr<Impl> impl_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Pictures of a prediction
+
+/// The prediction's heatmap (jet, the calibration's scale: the pixel threshold in the middle)
+/// blended over its image, the region at or above the pixel threshold outlined in white: RGB,
+/// at the image's size, as `patchcore predict --out` writes it. `image` is the image predicted
+/// (its size must be the prediction's). Throws Error(usage) when the prediction is not this
+/// model's or the sizes differ, Error(bad_input) naming an invalid view.
+Image heatmap_overlay(const Model& model, const Prediction& prediction, const ImageView& image);
+/// One channel, 255 where the image's pixels score at or above the pixel threshold, else 0.
+Image predicted_mask(const Model& model, const Prediction& prediction);
+
+// ---------------------------------------------------------------------------------------------
+// Data sets: an MVTec AD category folder or a plain folder of images
+
+struct Sample {
+  std::filesystem::path image;
+  std::string kind;  ///< "good" or the defect kind (the test sub-folder); "" for a plain folder
+  int label = -1;    ///< 0 normal, 1 anomalous, -1 unknown
+  std::optional<std::filesystem::path> mask;  ///< ground truth, when it exists
+};
+
+struct Dataset {
+  bool mvtec = false;         ///< train/good exists
+  std::vector<Sample> train;  ///< MVTec: train/good; plain folder: every image
+  std::vector<Sample> test;   ///< MVTec: test/<kind>/*; plain folder: empty
+};
+
+/// Image files directly in dir (png, jpg, jpeg, bmp, tif, tiff, webp; case-insensitive), sorted
+/// by name; files named *_mask.png and hidden files (".name", e.g. macOS "._x.png") are left out.
+/// Throws Error(bad_input) naming dir when it does not exist or is not a folder.
+std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir);
+
+/// MVTec masks: ground_truth/<kind>/<stem>_mask.png, else <stem>.png; "good" never has one.
+/// Throws Error(bad_input) naming dir when it does not exist, is not a folder, or holds no
+/// image where one is needed (the folder itself, or train/good in the MVTec layout).
+Dataset scan_dataset(const std::filesystem::path& dir);
+
+struct SyntheticParams {
+  int size = 160;        ///< image side in pixels
+  int n_train = 30;      ///< normal training images
+  int n_test_good = 10;  ///< normal test images
+  int n_per_defect = 8;  ///< per defect kind: "scratch", "spot", "stain"
+  uint64_t seed = 1;
+};
+
+/// The demo's data: writes dir/train/good, dir/test/{good,scratch,spot,stain} and
+/// dir/ground_truth/<kind>/<stem>_mask.png: a woven texture with random jitter, noise and
+/// lighting; defects painted on top with their masks. Deterministic for a seed. Throws
+/// Error(bad_input) when dir cannot be written.
+void write_synthetic_dataset(const std::filesystem::path& dir, const SyntheticParams& p);
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation on labelled images
+
+struct EvalOptions {
+  /// Gets metrics.json, predictions.csv, images/ and report.html; empty: no file is written.
+  std::filesystem::path out_dir;
+  bool write_images = true;  ///< overlays and predicted masks under images/<kind>/
+};
+
+struct EvalResult {
+  /// What metrics.json holds: image_auroc, pixel_auroc, aupro, image_f1, image_threshold,
+  /// n_images, n_skipped, per_kind, ... (null where a metric cannot be computed).
+  std::string metrics_json;
+  Calibration f1_calibration;  ///< the F1-optimal thresholds (eval --save-threshold stores them)
+  bool has_f1 = false;
+};
+
+/// Predicts every labelled test sample, computes image AUROC (overall and per kind against
+/// "good"), pixel AUROC and AUPRO at the model's map size (masks given the same geometry), the
+/// F1-optimal threshold, and the decisions at the model's own threshold; writes the outputs when
+/// o.out_dir is set. An unreadable image is reported through callbacks.log and left out. Throws
+/// Error(bad_input) when no test image is labelled or the output folder cannot be written.
+EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const EvalOptions& o,
+                    const Callbacks& callbacks = {});
+/// The same on a data set folder's test images (MVTec layout: test/good, test/<defect>).
+/// Throws Error(bad_input) naming the folder when it holds no labelled test images.
+EvalResult evaluate(const Model& model, const std::filesystem::path& data, const EvalOptions& o,
+                    const Callbacks& callbacks = {});
+
+// ---------------------------------------------------------------------------------------------
+// Backbones: raw features, imported weights, benchmarks
+
+/// One layer's features: shape [N, C, h, w], values row-major.
+struct FeatureMap {
+  std::string layer;
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+/// A backbone run on its own, outside a model: what `patchcore features` and the engine
+/// comparison of `patchcore bench` use. Not thread-safe: one call at a time per extractor.
+class FeatureExtractor {
+ public:
+  /// The backbone, layers and normalisation of params (resolve_backbone), for network inputs of
+  /// height x width (a built-in backbone is converted for that size, possibly not square; an
+  /// ONNX file is used as it is), run by params.engine on params.threads (0: all cores,
+  /// shared). Throws as resolve_backbone, and Error(bad_input) when the graph cannot be built.
+  FeatureExtractor(const Params& params, int height, int width);
+  /// One image: normalised as it is when it has the input's size, else resized (bilinear) to a
+  /// square input first; Error(usage) for another size on a non-square input. [1, C, h, w] per
+  /// layer, in the order of layers().
+  std::vector<FeatureMap> extract(const ImageView& image);
+  /// n inputs already normalised, planar: n * 3 * height * width floats.
+  std::vector<FeatureMap> extract(const float* input, int n);
+  const std::vector<std::string>& layers() const;
+  std::string normalization() const;
+  /// "gemm" or "opencv".
+  std::string engine() const;
+  /// Floating-point operations per input (multiply-adds count two); 0 when unknown.
+  double flops_per_image();
+
+  FeatureExtractor(FeatureExtractor&&) noexcept;
+  FeatureExtractor& operator=(FeatureExtractor&&) noexcept;
+  ~FeatureExtractor();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Writes a feature map as a NumPy .npy file (float32, C order, its shape), atomically. Throws
+/// Error(bad_input) naming the file when it cannot be written.
+void write_npy(const std::filesystem::path& file, const FeatureMap& map);
+
+/// torchvision architectures import_torchvision() converts: resnet18/34/50/101/152,
+/// wide_resnet50_2, wide_resnet101_2.
+std::vector<std::string> torchvision_arch_names();
+/// Converts a torchvision ResNet / Wide ResNet state_dict (.pth) into an ONNX backbone with
+/// outputs layer1..layer<last_layer> and defaults (layers layer2,layer3, imagenet normalisation,
+/// 224) in its metadata; writes `out` atomically. Returns its source identity
+/// ("torchvision:<arch>:sha256:<hex>"). Throws Error(usage) on an unknown arch or last_layer
+/// outside 1..4, Error(bad_input) naming the file otherwise. Nothing is downloaded.
+std::string import_torchvision(const std::string& arch, const std::filesystem::path& weights_file,
+                               const std::filesystem::path& out, int last_layer = 3);
+
+/// The machine's single-precision matrix multiply rate in GFLOP/s on `threads` threads (0: all
+/// cores), best of 3 at the nearest-neighbour search's shape (1,225 x 1,024 by 4,096 x 1,024):
+/// the yardstick of benchmarks.
+double sgemm_gflops(int threads);
 
 }  // namespace patchcore

@@ -15,7 +15,6 @@
 #include <variant>
 
 #include "patchcore/patchcore.h"
-#include "pending_api.h"
 
 namespace py = pybind11;
 namespace fs = std::filesystem;
@@ -152,8 +151,11 @@ Inputs collect(py::handle images, const char* what, bool training) {
     const fs::path p = to_path(images);
     if (!fs::exists(p)) raise_file_not_found(name, p);
     if (fs::is_directory(p)) {
-      for (const fs::path& f : training ? python::training_images(p) : python::list_images(p))
-        in.items.emplace_back(f);
+      if (training) {
+        for (const Sample& x : scan_dataset(p).train) in.items.emplace_back(x.image);
+      } else {
+        for (const fs::path& f : list_images(p)) in.items.emplace_back(f);
+      }
       if (in.items.empty()) raise(PyExc_ValueError, name + ": no images in folder " + p.string());
     } else {
       in.items.emplace_back(p);
@@ -483,6 +485,24 @@ std::unique_ptr<PyModel> fit(py::handle images, const std::string& preset, const
   return std::make_unique<PyModel>(std::move(m));
 }
 
+// The metrics `patchcore eval` writes to metrics.json, as a dict; the files too when out is set.
+py::object evaluate_folder(const PyModel& self, py::handle data, py::handle out, bool write_images,
+                           py::object progress) {
+  if (!is_path(data)) wrong_type("data", "a path", data);
+  const fs::path folder = to_path(data);
+  if (!fs::exists(folder)) raise_file_not_found("data", folder);
+  EvalOptions o;
+  if (!out.is_none()) o.out_dir = to_path(out);
+  o.write_images = write_images;
+  PythonCallbacks pcb(std::move(progress));
+  const Callbacks cb = pcb.callbacks();
+  const std::string metrics = run_released(pcb, [&] {
+    std::shared_lock lock(self.mutex);
+    return evaluate(self.model, folder, o, cb).metrics_json;
+  });
+  return py::module_::import("json").attr("loads")(metrics);
+}
+
 std::unique_ptr<PyModel> load(py::handle file) {
   if (!is_path(file)) wrong_type("load", "a path", file);
   const fs::path path = to_path(file);
@@ -627,6 +647,8 @@ PYBIND11_MODULE(_patchcore, m) {
       });
 
   m.def("_fit", &fit, py::arg("images"), py::arg("preset"), py::arg("params"), py::arg("progress"));
+  m.def("_evaluate", &evaluate_folder, py::arg("model"), py::arg("data"), py::arg("out"),
+        py::arg("write_images"), py::arg("progress"));
   m.def("load", &load, py::arg("path"), "Loads a model file written by save() or the CLI.");
   m.def(
       "default_params",

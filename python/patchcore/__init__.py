@@ -19,7 +19,7 @@ from . import _patchcore
 from ._patchcore import (Model, Prediction, decode_image, default_params, load, load_image,
                          set_opencv_threads)
 
-__all__ = ["fit", "load", "Model", "Prediction", "default_params", "load_image", "decode_image",
+__all__ = ["fit", "evaluate", "load", "Model", "Prediction", "default_params", "load_image", "decode_image",
            "overlay", "set_opencv_threads"]
 
 logging.getLogger("patchcore").addHandler(logging.NullHandler())
@@ -77,6 +77,15 @@ def _progress_callable(progress):
     if not callable(progress):
         raise TypeError(f"progress: expected a callable or a tqdm bar, got {type(progress).__name__}")
     return progress
+
+
+def evaluate(model, data, *, out=None, write_images=True, progress=None):
+    """Scores the labelled test images of a data set folder (MVTec layout: test/good,
+    test/<defect>, ground_truth/<defect>/<stem>_mask.png) and returns the metrics dict that
+    `patchcore eval` writes to metrics.json (image_auroc, pixel_auroc, aupro, image_f1,
+    image_threshold, per_kind, ...). With out, the files of `eval --out` are written there too
+    (metrics.json, predictions.csv, report.html, and the overlays unless write_images=False)."""
+    return _patchcore._evaluate(model, data, out, write_images, _progress_callable(progress))
 
 
 _predict = Model.predict

@@ -25,8 +25,17 @@ class Backbone {
   /// Floating-point operations of one forward pass on a height x width image (multiply-adds
   /// count two), for benchmarks; 0 when the engine cannot tell.
   virtual double flops_per_image(int height, int width) = 0;
-  /// "gemm" or "opencv", for benchmarks.
+  /// "dnnl", "gemm" or "opencv", for benchmarks.
   virtual std::string engine() const = 0;
+  /// "fp32" or "bf16": the arithmetic the backbone runs in.
+  virtual std::string precision() const { return "fp32"; }
+  /// Why the engine or precision asked for is not the one that runs (log lines for the user);
+  /// empty when it is.
+  const std::vector<std::string>& notes() const { return notes_; }
+  void add_note(std::string note) { notes_.push_back(std::move(note)); }
+
+ private:
+  std::vector<std::string> notes_;
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
@@ -50,15 +59,31 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
 std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
                                              const std::vector<std::string>& layers, int threads);
 
-/// The backbone of the chosen engine. BackboneEngine::automatic takes the GEMM engine when it
-/// implements every operator the layers need and the graph has no grouped (depthwise)
-/// convolutions, which OpenCV runs faster; else OpenCV.
+/// The oneDNN engine (dnnl_backbone.cpp): the same operators as oneDNN primitives (direct
+/// convolutions, depthwise ones included, with ReLU / Clip as post-ops; pooling, concatenation
+/// and element-wise operations), built once per input size and thread count, activations
+/// NHWC throughout. Precision::fp32 equals the plain forward to float rounding (1e-5
+/// relative); bf16 rounds weights and activations to bf16 (accumulating in fp32), and
+/// automatic takes bf16 where oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX).
+/// bf16 asked for on a CPU without them runs fp32 and says so in notes(). Images run one at
+/// a time, each layer on all threads: every image's features are the same whatever the batch.
+/// Errors as make_gemm_backbone's.
+std::unique_ptr<Backbone> make_dnnl_backbone(const std::vector<uint8_t>& onnx,
+                                             const std::vector<std::string>& layers, int threads,
+                                             Precision precision);
+
+/// The backbone of the chosen engine and precision. BackboneEngine::automatic takes oneDNN
+/// when it implements every operator the layers need, else OpenCV (with a note saying why).
+/// The gemm and opencv engines run fp32 only: bf16 asked of them is noted and runs fp32.
 std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
                                         const std::vector<std::string>& layers, int threads,
-                                        BackboneEngine engine);
+                                        BackboneEngine engine,
+                                        Precision precision = Precision::fp32);
 
-/// "auto", "gemm" or "opencv" (the CLI's --engine); throws Error(usage) otherwise.
+/// "auto", "dnnl", "gemm" or "opencv" (the CLI's --engine); throws Error(usage) otherwise.
 BackboneEngine engine_from_string(const std::string& name);
+/// "auto", "fp32" or "bf16" (the CLI's --precision); throws Error(usage) otherwise.
+Precision precision_from_string(const std::string& name);
 
 /// What is known about a backbone before running it.
 struct BackboneInfo {

@@ -232,7 +232,9 @@ struct Model::Impl {
   }
 
   Backbone& net() const {
-    if (!backbone) backbone = make_backbone(onnx, layers, params.threads, params.engine);
+    if (!backbone) {
+      backbone = make_backbone(onnx, layers, params.threads, params.engine, params.precision);
+    }
     return *backbone;
   }
 
@@ -283,7 +285,11 @@ struct Model::Impl {
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
     std::lock_guard<std::mutex> lock(mutex);
+    const bool fresh = !backbone;
     Backbone& b = net();  // built outside the timer: a one-off cost
+    if (fresh && cb.log) {
+      for (const std::string& note : b.notes()) cb.log(LogLevel::warning, note);
+    }
     StageTimer t(cb, "backbone", n_ok);
     return b.forward(batch);
   }
@@ -376,6 +382,17 @@ void Model::set_engine(BackboneEngine engine) {
 std::string Model::backbone_engine() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->net().engine();
+}
+
+void Model::set_precision(Precision precision) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->params.precision = precision;
+  impl_->backbone.reset();
+}
+
+std::string Model::backbone_precision() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->net().precision();
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {

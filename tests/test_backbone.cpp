@@ -370,7 +370,8 @@ double rel_l2(const Tensor& got, int64_t index, const Image& want) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-constexpr BackboneEngine kEngines[] = {BackboneEngine::opencv, BackboneEngine::gemm};
+constexpr BackboneEngine kEngines[] = {BackboneEngine::opencv, BackboneEngine::gemm,
+                                       BackboneEngine::dnnl};
 
 std::vector<Tensor> run_engine(BackboneEngine engine, const KerasModel& m, int64_t h, int64_t w,
                                const std::vector<std::string>& outputs, const Tensor& batch) {
@@ -651,12 +652,14 @@ TEST(GemmBackbone, OperatorsItLacksFallBackToOpenCvOrAreNamed) {
   b.conv("head", "act", 2, 1, 1, 1, "valid");
   b.relu("head_act", "head", std::nullopt);
   const auto onnx = keras_to_onnx(b.model(), 9, 9, {"act", "head_act"});
-  EXPECT_EQ(make_backbone(onnx, {"act"}, 1, BackboneEngine::automatic)->engine(), "gemm");
+  EXPECT_EQ(make_backbone(onnx, {"act"}, 1, BackboneEngine::automatic)->engine(), "dnnl");
 
-  // Sigmoid, which OpenCV runs and the GEMM engine does not.
+  // Sigmoid, which OpenCV runs and the native engines do not: auto falls back and says why.
   const auto sigmoid = with_operator(onnx, "act", "Sigmoid");
   auto fallback = make_backbone(sigmoid, {"act"}, 1, BackboneEngine::automatic);
   EXPECT_EQ(fallback->engine(), "opencv");
+  ASSERT_EQ(fallback->notes().size(), 1u);
+  EXPECT_NE(fallback->notes()[0].find("Sigmoid"), std::string::npos) << fallback->notes()[0];
   const Tensor x = random_batch(1, 3, 9, 9, 2);
   const Tensor conv = make_backbone(onnx, {"conv"}, 1, BackboneEngine::gemm)->forward(x)[0];
   const Tensor act = fallback->forward(x)[0];
@@ -672,15 +675,22 @@ TEST(GemmBackbone, OperatorsItLacksFallBackToOpenCvOrAreNamed) {
     EXPECT_NE(std::string(e.what()).find("Sigmoid"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("'act'"), std::string::npos) << e.what();
   }
-  // Depthwise convolutions go to OpenCV unless the GEMM engine is asked for.
+  try {
+    make_backbone(sigmoid, {"act"}, 1, BackboneEngine::dnnl);
+    FAIL() << "the oneDNN engine accepted an operator it lacks";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::bad_input);
+    EXPECT_NE(std::string(e.what()).find("Sigmoid"), std::string::npos) << e.what();
+  }
+  // Depthwise convolutions run in oneDNN.
   KerasBuilder dw(3);
   dw.depthwise("dw", "input_1", 3, 1, "same");
   const auto dw_onnx = keras_to_onnx(dw.model(), 9, 9, {"dw"});
-  EXPECT_EQ(make_backbone(dw_onnx, {"dw"}, 1, BackboneEngine::automatic)->engine(), "opencv");
+  EXPECT_EQ(make_backbone(dw_onnx, {"dw"}, 1, BackboneEngine::automatic)->engine(), "dnnl");
   EXPECT_EQ(make_backbone(dw_onnx, {"dw"}, 1, BackboneEngine::gemm)->engine(), "gemm");
   // Past the requested layers an operator does not matter.
   const auto late = with_operator(onnx, "head_act", "Sigmoid");
-  EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::automatic)->engine(), "gemm");
+  EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::automatic)->engine(), "dnnl");
   EXPECT_EQ(make_backbone(late, {"act"}, 1, BackboneEngine::gemm)->forward(x)[0].data,
             make_backbone(onnx, {"act"}, 1, BackboneEngine::gemm)->forward(x)[0].data);
 }

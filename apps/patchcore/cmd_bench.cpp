@@ -76,9 +76,10 @@ struct Stages {
   }
 };
 
-// Both engines on the same input, alternating image by image so that a busy or throttled
-// machine slows both alike: medians and minima of `runs` forwards each, and how far the GEMM
-// engine's features are from OpenCV's (largest difference over the layer's largest value).
+// Every engine and precision on the same input, alternating image by image so that a busy or
+// throttled machine slows all alike: medians and minima of `runs` forwards each, and how far
+// each one's features are from OpenCV's fp32 ones (largest difference over the layer's largest
+// value). bf16 runs only where the CPU has it (else "bf16_skipped" says why).
 json compare_engines(const Params& params, int runs) {
   const auto builtin = builtin_backbone(params.backbone);
   const std::vector<std::string> layers = !params.layers.empty() ? params.layers
@@ -93,39 +94,50 @@ json compare_engines(const Params& params, int runs) {
   const BackboneGraph g = build_backbone_graph(params.backbone, layers, size);
   Tensor x({1, 3, size, size});
   for (int64_t i = 0; i < x.numel(); ++i) x.data[i] = std::sin(0.37 * static_cast<double>(i));
-  const std::vector<BackboneEngine> engines{BackboneEngine::opencv, BackboneEngine::gemm};
+  json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
   std::vector<std::unique_ptr<Backbone>> nets;
-  std::vector<std::vector<Tensor>> first;
-  for (BackboneEngine e : engines) {
-    nets.push_back(make_backbone(g.onnx, layers, params.threads, e));
-    first.push_back(nets.back()->forward(x));  // warm-up, and the outputs compared
+  for (auto [e, p] : {std::pair{BackboneEngine::opencv, Precision::fp32},
+                      {BackboneEngine::gemm, Precision::fp32},
+                      {BackboneEngine::dnnl, Precision::fp32},
+                      {BackboneEngine::dnnl, Precision::bf16}}) {
+    auto net = make_backbone(g.onnx, layers, params.threads, e, p);
+    if (p == Precision::bf16 && net->precision() != "bf16") {
+      out["bf16_skipped"] = net->notes().empty() ? "no bf16" : net->notes()[0];
+      continue;
+    }
+    nets.push_back(std::move(net));
   }
-  std::vector<std::vector<double>> ms(engines.size());
+  std::vector<std::vector<Tensor>> first;
+  for (auto& net : nets) first.push_back(net->forward(x));  // warm-up, and the outputs compared
+  std::vector<std::vector<double>> ms(nets.size());
   for (int r = 0; r < runs; ++r) {
-    for (size_t e = 0; e < engines.size(); ++e) {
+    for (size_t e = 0; e < nets.size(); ++e) {
       const auto t0 = std::chrono::steady_clock::now();
       nets[e]->forward(x);
       ms[e].push_back(1e3 *
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
   }
-  json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
-  for (size_t e = 0; e < engines.size(); ++e) {
+  out["gflop_per_image"] = nets[0]->flops_per_image(size, size) / 1e9;
+  for (size_t e = 0; e < nets.size(); ++e) {
     std::sort(ms[e].begin(), ms[e].end());
     const double median = ms[e][ms[e].size() / 2];
-    const double flops = nets[e]->flops_per_image(size, size);
-    out["engines"][nets[e]->engine()] = {{"median_ms", median},
-                                         {"min_ms", ms[e].front()},
-                                         {"gflops_at_median", flops / median / 1e6}};
-  }
-  for (size_t k = 0; k < layers.size(); ++k) {
-    double diff = 0, scale = 0;
-    for (int64_t i = 0; i < first[0][k].numel(); ++i) {
-      diff = std::max(diff, std::abs(double{first[0][k].data[i]} - first[1][k].data[i]));
-      scale = std::max(scale, std::abs(double{first[0][k].data[i]}));
+    // OpenCV's own count, the same for every engine
+    const double flops = nets[0]->flops_per_image(size, size);
+    json& j = out["engines"][nets[e]->engine() + "_" + nets[e]->precision()];
+    j = {{"median_ms", median},
+         {"min_ms", ms[e].front()},
+         {"gflops_at_median", flops / median / 1e6}};
+    for (size_t k = 0; k < layers.size(); ++k) {
+      double diff = 0, scale = 0;
+      for (int64_t i = 0; i < first[0][k].numel(); ++i) {
+        diff = std::max(diff, std::abs(double{first[0][k].data[i]} - first[e][k].data[i]));
+        scale = std::max(scale, std::abs(double{first[0][k].data[i]}));
+      }
+      if (e > 0) j["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
     }
-    out["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
   }
+  out["peak_rss_mb"] = peak_rss_mb();
   return out;
 }
 
@@ -226,6 +238,7 @@ void add_bench(CLI::App& app) {
     }
     out["backbone"]["gflop_per_image"] = flops / 1e9;
     out["backbone"]["engine"] = model.backbone_engine();
+    out["backbone"]["precision"] = model.backbone_precision();
     out["predict"] = pj;
     out["peak_rss_mb"] = peak_rss_mb();
     std::cout << out.dump(2) << "\n";

@@ -36,6 +36,7 @@ void add_eval(CLI::App& app) {
     std::string model, data, out;
     int threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
     bool save_threshold = false, no_images = false;
   };
   auto s = std::make_shared<State>();
@@ -45,6 +46,7 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->add_flag("--save-threshold", s->save_threshold,
                 "store the F1-optimal thresholds found here in the model file");
   cmd->add_flag("--no-images", s->no_images, "skip the per-image overlays");
@@ -53,6 +55,7 @@ void add_eval(CLI::App& app) {
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
+    model.set_precision(precision_from_string(s->precision));
     const Dataset data = scan_dataset(s->data);
     if (!data.mvtec || data.test.empty())
       throw_bad_input(s->data,

@@ -59,6 +59,7 @@ void add_features(CLI::App& app) {
     std::string backbone = "inception_v3", layers, normalize, image, out;
     int image_size = 0, threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--backbone", s->backbone, "built-in name or ONNX file")->capture_default_str();
@@ -68,6 +69,7 @@ void add_features(CLI::App& app) {
                   "resize to S x S first (default: run at the image's own size)");
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->add_option("image", s->image, "image file")->required();
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->callback([s] {
@@ -101,7 +103,8 @@ void add_features(CLI::App& app) {
     if (!s->normalize.empty()) norm = normalization_from_string(s->normalize);
 
     const Tensor input = network_input(rgb, s->image_size, norm);
-    const auto net = make_backbone(onnx, layers, s->threads, engine_from_string(s->engine));
+    const auto net = make_backbone(onnx, layers, s->threads, engine_from_string(s->engine),
+                                   precision_from_string(s->precision));
     const std::vector<Tensor> maps = net->forward(input);
 
     std::error_code ec;

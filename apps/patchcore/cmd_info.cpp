@@ -1,16 +1,31 @@
 #include <iostream>
+#include <nlohmann/json.hpp>
 
+#include "backbone.h"
 #include "cli.h"
 
 namespace patchcore::cli {
 
 void add_info(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "show what a model file holds");
-  auto file = std::make_shared<std::string>();
-  cmd->add_option("model", *file, "model file")->required();
-  cmd->callback([file] {
-    Model model = Model::load(*file);
-    std::cout << model.info_json() << "\n";
+  struct Settings {
+    std::string file;
+    std::string engine = "auto";
+    std::string precision = "auto";
+  };
+  auto s = std::make_shared<Settings>();
+  cmd->add_option("model", s->file, "model file")->required();
+  add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
+  cmd->callback([s] {
+    Model model = Model::load(s->file);
+    model.set_engine(engine_from_string(s->engine));
+    model.set_precision(precision_from_string(s->precision));
+    nlohmann::json j = nlohmann::json::parse(model.info_json());
+    // A choice of this run on this machine, not of the model: what predict would run.
+    j["backbone_run"] = {{"engine", model.backbone_engine()},
+                         {"precision", model.backbone_precision()}};
+    std::cout << j.dump(2) << "\n";
   });
 }
 

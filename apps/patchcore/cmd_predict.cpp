@@ -23,6 +23,7 @@ void add_predict(CLI::App& app) {
     std::optional<double> threshold;
     int threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--model", s->model, "model file")->required();
@@ -31,11 +32,13 @@ void add_predict(CLI::App& app) {
   cmd->add_option("--threshold", s->threshold, "image score threshold (default: the model's)");
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->callback([s] {
     const Callbacks cb = stderr_callbacks(true);
     Model model = Model::load(s->model, cb);
     model.set_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
+    model.set_precision(precision_from_string(s->precision));
     if (s->threshold) {
       Calibration c = model.calibration();
       // Keep the pixel threshold's offset from the image threshold so the heatmap follows.

@@ -80,14 +80,23 @@ enum class Resize {
   fixed,
 };
 
-/// What runs the backbone. A choice of this run, not stored in a model: both engines compute
-/// the same features to float rounding (1e-5 relative).
+/// What runs the backbone. A choice of this run, not stored in a model: the engines compute
+/// the same features to float rounding (1e-5 relative) in fp32.
 enum class BackboneEngine {
-  automatic,  ///< gemm when it implements every operator and the graph has no depthwise
-              ///< convolutions (OpenCV runs those faster), else opencv
+  automatic,  ///< dnnl when it implements every operator, else opencv
+  dnnl,       ///< oneDNN primitives, NHWC activations, fp32 or bf16 (the fastest)
   gemm,       ///< this project's interpreter: convolutions as BLAS sgemm blocks (3 x 3 ones by
-              ///< Winograd), a batch one image per thread (the faster)
+              ///< Winograd), a batch one image per thread
   opencv,     ///< OpenCV DNN
+};
+
+/// The backbone's arithmetic. A choice of this run, not stored in a model. bf16 rounds weights
+/// and activations to bf16 (sums in fp32): about twice fp32's speed where the CPU has bf16
+/// instructions, features within bf16 rounding (metrics: docs/benchmarks.md).
+enum class Precision {
+  automatic,  ///< bf16 where the dnnl engine has bf16 kernels for this CPU, else fp32
+  fp32,
+  bf16,  ///< dnnl engine only; without bf16 instructions it runs fp32, with a log line
 };
 
 struct Params {
@@ -146,6 +155,7 @@ struct Params {
   /// out: a multiple of the thread count uses the cores best.
   int batch_size = 8;
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
+  Precision precision = Precision::automatic;         ///< not stored in the model file
 };
 
 /// A float image, row-major.
@@ -215,8 +225,12 @@ class Model {
   void set_threads(int threads);
   /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
   void set_engine(BackboneEngine engine);
-  /// "gemm" or "opencv": the engine that runs (or will run) the backbone, for benchmarks.
+  /// "dnnl", "gemm" or "opencv": the engine that runs (or will run) the backbone.
   std::string backbone_engine() const;
+  /// Chooses the backbone's arithmetic for later predictions (a loaded model starts automatic).
+  void set_precision(Precision precision);
+  /// "fp32" or "bf16": what the backbone runs (or will run) in.
+  std::string backbone_precision() const;
 
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;

@@ -275,6 +275,16 @@ class DnnlBackbone : public Backbone {
     return memory({dims, dt::f32, dims.size() == 1 ? tag::a : tag::nchw}, engine_, copy->data());
   }
 
+  // A constant operand reordered once to NHWC fp32.
+  memory to_nhwc(Plan& plan, const memory& m) {
+    memory out({m.get_desc().dims(), dt::f32, tag::nhwc}, engine_);
+    memory src = m;
+    dnnl::reorder(src, out).execute(stream_, src, out);
+    stream_.wait();
+    plan.weights.push_back(out);
+    return out;
+  }
+
   void add_step(Plan& plan, const Op& op, const std::vector<memory>& in, const memory& y) {
     const memory::desc x_md = in[0].get_desc(), y_md = y.get_desc();
     const memory::dims xd = x_md.dims();
@@ -328,7 +338,9 @@ class DnnlBackbone : public Backbone {
               {dnnl::eltwise_forward(pd), {{DNNL_ARG_SRC, in[0]}, {DNNL_ARG_DST, y}}, {}});
           return;
         }
-        const memory k = constant(plan, op.scale, {1, op.mul_c, op.mul_h, op.mul_w});
+        // In the activations' layout: oneDNN 2.6's bf16 binary kernel multiplied an NHWC map
+        // by an NCHW operand wrongly (a 9 % error on an average pool's border correction).
+        const memory k = to_nhwc(plan, constant(plan, op.scale, {1, op.mul_c, op.mul_h, op.mul_w}));
         const dnnl::binary::desc d(dnnl::algorithm::binary_mul, x_md, k.get_desc(), y_md);
         const dnnl::binary::primitive_desc pd(d, engine_);
         plan.steps.push_back({dnnl::binary(pd),

@@ -81,15 +81,12 @@ struct Stages {
 // each one's features are from OpenCV's fp32 ones (largest difference over the layer's largest
 // value). bf16 runs only where the CPU has it (else "bf16_skipped" says why).
 json compare_engines(const Params& params, int runs) {
-  const auto builtin = builtin_backbone(params.backbone);
-  const std::vector<std::string> layers = !params.layers.empty() ? params.layers
-                                          : builtin
-                                              ? builtin->default_layers
-                                              : onnx_backbone_info(params.backbone).default_layers;
+  const BackboneInfo info = builtin_backbone(params.backbone).value_or(BackboneInfo{});
+  const BackboneInfo file = info.builtin ? info : onnx_backbone_info(params.backbone);
+  const std::vector<std::string> layers =
+      !params.layers.empty() ? params.layers : file.default_layers;
   if (layers.empty()) throw_usage("--layers is required with " + params.backbone);
-  const int size = params.image_size > 0 ? params.image_size
-                   : builtin             ? builtin->default_image_size
-                                         : 0;
+  const int size = params.image_size > 0 ? params.image_size : file.default_image_size;
   if (size <= 0) throw_usage("--image-size is required with " + params.backbone);
   const BackboneGraph g = build_backbone_graph(params.backbone, layers, size);
   Tensor x({1, 3, size, size});

@@ -250,7 +250,7 @@ class DnnlBackbone : public Backbone {
       for (int v : op.inputs) in.push_back(values[static_cast<size_t>(v)]);
       const memory& y = make(op.output);
       try {
-        add_step(plan, op, in, y);
+        add_step(plan, arena, op, in, y);
       } catch (const dnnl::error& e) {
         throw Unsupported("node '" + op.name + "': oneDNN cannot run it (" + e.what() + ")");
       }
@@ -285,13 +285,14 @@ class DnnlBackbone : public Backbone {
     return out;
   }
 
-  void add_step(Plan& plan, const Op& op, const std::vector<memory>& in, const memory& y) {
+  void add_step(Plan& plan, Arena& arena, const Op& op, const std::vector<memory>& in,
+                const memory& y) {
     const memory::desc x_md = in[0].get_desc(), y_md = y.get_desc();
     const memory::dims xd = x_md.dims();
     const int64_t channels = xd[1];
     switch (op.kind) {
       case Kind::conv:
-        add_conv(plan, op, in[0], y);
+        add_conv(plan, arena, op, in[0], y);
         return;
       case Kind::max_pool:
       case Kind::avg_pool: {
@@ -400,7 +401,7 @@ class DnnlBackbone : public Backbone {
     }
   }
 
-  void add_conv(Plan& plan, const Op& op, const memory& x, const memory& y) {
+  void add_conv(Plan& plan, Arena& arena, const Op& op, const memory& x, const memory& y) {
     const memory::desc x_md = x.get_desc(), y_md = y.get_desc();
     const int64_t cin_g = op.cin_per_group, cout_g = op.cout / op.group;
     const memory::dims wd = op.group == 1 ? memory::dims{op.cout, cin_g, op.kh, op.kw}
@@ -408,11 +409,51 @@ class DnnlBackbone : public Backbone {
     const memory::desc w_any(wd, act_, tag::any);
     const memory::desc b_md =
         op.bias.empty() ? memory::desc() : memory::desc({op.cout}, dt::f32, tag::a);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(activation_post_op(op));
+    // fp32 3 x 3 convolutions of stride 1 by oneDNN's Winograd kernels where it has them
+    // (AVX-512; elsewhere the descriptor fails and the direct kernel runs): they take NCHW16c
+    // maps, reordered around each, and still win (InceptionV3 at 299 and WideResNet-50 at 224:
+    // docs/benchmarks.md). They are within 1e-6 of the direct ones there, within the engine's
+    // 1e-5 bar. oneDNN's convolution_auto never picks them, so they are asked for.
+    const bool wino = act_ == dt::f32 && op.kh == 3 && op.kw == 3 && op.sh == 1 && op.sw == 1 &&
+                      op.dh == 1 && op.dw == 1 && op.group == 1;
+    if (wino) {
+      try {
+        const memory::desc x_any(x_md.dims(), act_, tag::any), y_any(y_md.dims(), act_, tag::any);
+        const dnnl::convolution_forward::desc dw(
+            dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_winograd, x_any, w_any,
+            b_md, y_any, {op.sh, op.sw}, {op.pt, op.pl}, {op.pb, op.pr});
+        const dnnl::convolution_forward::primitive_desc pdw(dw, attr, engine_);
+        memory xin = x, yout = y;
+        if (pdw.src_desc() != x_md) {
+          xin = memory(pdw.src_desc(), engine_, arena.acquire(pdw.src_desc().get_size()));
+          add_reorder(plan, x, xin);
+        }
+        if (pdw.dst_desc() != y_md) {
+          yout = memory(pdw.dst_desc(), engine_, arena.acquire(pdw.dst_desc().get_size()));
+        }
+        memory user_w({wd, dt::f32, tag::oihw}, engine_, const_cast<float*>(op.weight.data()));
+        memory weights(pdw.weights_desc(), engine_);
+        dnnl::reorder(user_w, weights).execute(stream_, user_w, weights);
+        stream_.wait();
+        plan.weights.push_back(weights);
+        std::unordered_map<int, memory> args{
+            {DNNL_ARG_SRC, xin}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, yout}};
+        if (!op.bias.empty()) args[DNNL_ARG_BIAS] = constant(plan, op.bias, {op.cout});
+        plan.steps.push_back({dnnl::convolution_forward(pdw), std::move(args), {}});
+        if (pdw.dst_desc() != y_md) {
+          add_reorder(plan, yout, y);
+          arena.release(yout.get_data_handle());
+        }
+        if (pdw.src_desc() != x_md) arena.release(xin.get_data_handle());
+        return;
+      } catch (const dnnl::error&) {
+      }
+    }
     const dnnl::convolution_forward::desc d(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x_md, w_any, b_md,
         y_md, {op.sh, op.sw}, {op.dh - 1, op.dw - 1}, {op.pt, op.pl}, {op.pb, op.pr});
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(activation_post_op(op));
     const dnnl::convolution_forward::primitive_desc pd(d, attr, engine_);
     memory user_w({wd, dt::f32, op.group == 1 ? tag::oihw : tag::goihw}, engine_,
                   const_cast<float*>(op.weight.data()));

@@ -134,17 +134,6 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
   return std::make_unique<OpenCvBackbone>(onnx, layers, threads);
 }
 
-std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
-                                             const std::vector<std::string>& layers, int threads) {
-  std::string why;
-  auto b = try_gemm_backbone(onnx, layers, threads, &why);
-  if (!b) {
-    throw_bad_input("ONNX backbone graph",
-                    "the GEMM engine cannot run it: " + why + " (use the OpenCV engine)");
-  }
-  return b;
-}
-
 std::unique_ptr<Backbone> make_dnnl_backbone(const std::vector<uint8_t>& onnx,
                                              const std::vector<std::string>& layers, int threads,
                                              Precision precision) {
@@ -173,9 +162,6 @@ std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
   switch (engine) {
     case BackboneEngine::dnnl:
       return make_dnnl_backbone(onnx, layers, threads, precision);
-    case BackboneEngine::gemm:
-      b = make_gemm_backbone(onnx, layers, threads);
-      break;
     case BackboneEngine::opencv:
       b = make_opencv_backbone(onnx, layers, threads);
       break;
@@ -205,9 +191,8 @@ std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
 BackboneEngine engine_from_string(const std::string& name) {
   if (name == "auto") return BackboneEngine::automatic;
   if (name == "dnnl") return BackboneEngine::dnnl;
-  if (name == "gemm") return BackboneEngine::gemm;
   if (name == "opencv") return BackboneEngine::opencv;
-  throw_usage("unknown backbone engine '" + name + "' (auto, dnnl, gemm or opencv)");
+  throw_usage("unknown backbone engine '" + name + "' (auto, dnnl or opencv)");
 }
 
 Precision precision_from_string(const std::string& name) {

@@ -322,15 +322,15 @@ class Graph {
       if ((op.kind == Kind::relu || op.kind == Kind::clip) && op.inputs.size() == 1) {
         const int src = op.inputs[0];
         const int p = made_by[static_cast<size_t>(src)];
-        if (p >= 0 && kept[static_cast<size_t>(p)].kind == Kind::conv &&
-            kept[static_cast<size_t>(p)].act == Act::none &&
+        const Kind k = p >= 0 ? kept[static_cast<size_t>(p)].kind : Kind::copy;
+        if ((k == Kind::conv || k == Kind::add) && kept[static_cast<size_t>(p)].act == Act::none &&
             readers[static_cast<size_t>(src)] == 1) {
-          Op& conv = kept[static_cast<size_t>(p)];
-          conv.act = op.kind == Kind::relu ? Act::relu : Act::clip;
-          conv.lo = op.lo;
-          conv.hi = op.hi;
-          conv.output = op.output;
-          conv.name = op.name;
+          Op& into = kept[static_cast<size_t>(p)];
+          into.act = op.kind == Kind::relu ? Act::relu : Act::clip;
+          into.lo = op.lo;
+          into.hi = op.hi;
+          into.output = op.output;
+          into.name = op.name;
           made_by[static_cast<size_t>(op.output)] = p;
           continue;
         }

@@ -1,7 +1,6 @@
-// The ONNX graph of a backbone read into the operators both native engines run (the GEMM
-// engine, gemm_backbone.cpp, and oneDNN's, dnnl_backbone.cpp): only the nodes the requested
-// layers depend on, a Relu or Clip read only by a convolution fused into it (internal to the
-// backbone module).
+// The ONNX graph of a backbone read into the operators the oneDNN engine (dnnl_backbone.cpp)
+// runs: only the nodes the requested layers depend on, a Relu or Clip read only by a
+// convolution or an Add fused into it (internal to the backbone module).
 #pragma once
 
 #include <cstdint>
@@ -12,7 +11,6 @@
 
 namespace patchcore {
 
-struct WinogradConv;
 class Backbone;
 
 inline const std::string kWhere = "ONNX backbone graph";
@@ -43,7 +41,7 @@ struct Op {
   int64_t cout = 0, cin_per_group = 0, group = 1;
   std::vector<float> weight;  // [cout, cin_per_group * kh * kw] (ONNX order)
   std::vector<float> bias;    // [cout] or empty
-  Act act = Act::none;        // fused activation
+  Act act = Act::none;        // fused activation (conv and add)
   float lo = 0, hi = 0;       // clip bounds (conv with Act::clip, or Kind::clip)
   // avg_pool
   bool count_include_pad = false;
@@ -52,8 +50,6 @@ struct Op {
   // mul (per element, per channel or scalar) and scale_shift (per channel)
   std::vector<float> scale, shift;
   int64_t mul_c = 1, mul_h = 1, mul_w = 1;  // the mul constant's last three dimensions
-  // the GEMM engine: a 3 x 3 convolution done by Winograd's algorithm (weight then empty)
-  std::shared_ptr<const WinogradConv> winograd;
 };
 
 /// The operators in the order they run. Value 0 is the input image; op.output numbers the rest.
@@ -82,11 +78,8 @@ std::vector<Shape> value_shapes(const OpGraph& g, int64_t c, int64_t h, int64_t 
 /// Floating-point operations of the convolutions for one h x w image (multiply-adds count two).
 double conv_flops(const OpGraph& g, int64_t h, int64_t w);
 
-/// The native engines, or nullptr (with the reason in *why) when the graph uses an operator or
-/// attribute the engine lacks. Other errors (not ONNX, a missing layer) throw Error(bad_input).
-std::unique_ptr<Backbone> try_gemm_backbone(const std::vector<uint8_t>& onnx,
-                                            const std::vector<std::string>& layers, int threads,
-                                            std::string* why);
+/// The oneDNN engine, or nullptr (with the reason in *why) when the graph uses an operator or
+/// attribute it lacks. Other errors (not ONNX, a missing layer) throw Error(bad_input).
 /// bf16: activations and weights in bf16 (the caller checks dnnl_has_bf16()).
 std::unique_ptr<Backbone> try_dnnl_backbone(const std::vector<uint8_t>& onnx,
                                             const std::vector<std::string>& layers, int threads,

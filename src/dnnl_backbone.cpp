@@ -1,8 +1,9 @@
 // The oneDNN engine: the operators of backbone_ops.h as oneDNN primitives, built once per input
 // shape and thread count and then only executed. Activations stay NHWC (oneDNN's direct
 // convolution kernels want channels last) from the input's reorder to the feature outputs',
-// in fp32 or bf16; ReLU / Clip after a convolution or an addition are post-ops of it, zero pads
-// read only by convolutions become the convolutions' own padding.
+// in fp32 or bf16; ReLU / Clip after a convolution or an addition are post-ops of it
+// (backbone_ops.cpp fuses them), zero pads read only by convolutions become the convolutions'
+// own padding.
 
 #include <omp.h>
 
@@ -34,43 +35,21 @@ bool isa_has(dnnl::cpu_isa isa, dnnl::cpu_isa feature) {
          static_cast<unsigned>(feature);
 }
 
-// A Relu or Clip read only by an Add (ResNets' block ends) becomes its post-op, as
-// backbone_ops.cpp does for convolutions; a zero Pad read only by convolutions becomes their
-// padding (Keras' ZeroPadding2D before a 'valid' convolution).
-void fuse_for_dnnl(OpGraph& g) {
-  std::vector<int> readers(static_cast<size_t>(g.values), 0);
+// A zero Pad read only by convolutions becomes their padding (Keras' ZeroPadding2D before a
+// 'valid' convolution): one pass over memory less.
+void fold_pads(OpGraph& g) {
   std::vector<bool> read_by_non_conv(static_cast<size_t>(g.values), false);
   for (const Op& op : g.ops) {
     for (int v : op.inputs) {
-      ++readers[static_cast<size_t>(v)];
       if (op.kind != Kind::conv) read_by_non_conv[static_cast<size_t>(v)] = true;
     }
   }
-  for (int v : g.outputs) {
-    readers[static_cast<size_t>(v)] += 2;
-    read_by_non_conv[static_cast<size_t>(v)] = true;
-  }
-  std::vector<int> made_by(static_cast<size_t>(g.values), -1);
+  for (int v : g.outputs) read_by_non_conv[static_cast<size_t>(v)] = true;
   std::vector<Op> kept;
   for (Op& op : g.ops) {
-    if ((op.kind == Kind::relu || op.kind == Kind::clip) && op.inputs.size() == 1) {
-      const int src = op.inputs[0];
-      const int p = made_by[static_cast<size_t>(src)];
-      if (p >= 0 && kept[static_cast<size_t>(p)].kind == Kind::add &&
-          kept[static_cast<size_t>(p)].act == Act::none && readers[static_cast<size_t>(src)] == 1) {
-        Op& add = kept[static_cast<size_t>(p)];
-        add.act = op.kind == Kind::relu ? Act::relu : Act::clip;
-        add.lo = op.lo;
-        add.hi = op.hi;
-        add.output = op.output;
-        add.name = op.name;
-        made_by[static_cast<size_t>(op.output)] = p;
-        continue;
-      }
-    }
     if (op.kind == Kind::pad && op.value == 0.0f &&
         !read_by_non_conv[static_cast<size_t>(op.output)]) {
-      for (Op& later : g.ops) {
+      for (Op& later : g.ops) {  // the readers come later, not yet moved into `kept`
         if (later.kind != Kind::conv || later.inputs.empty() || later.inputs[0] != op.output) {
           continue;
         }
@@ -82,7 +61,6 @@ void fuse_for_dnnl(OpGraph& g) {
       }
       continue;  // nothing reads it any more
     }
-    made_by[static_cast<size_t>(op.output)] = static_cast<int>(kept.size());
     kept.push_back(std::move(op));
   }
   g.ops = std::move(kept);
@@ -164,7 +142,7 @@ class DnnlBackbone : public Backbone {
         act_(bf16 ? dt::bf16 : dt::f32),
         engine_(dnnl::engine::kind::cpu, 0),
         stream_(engine_) {
-    fuse_for_dnnl(graph_);
+    fold_pads(graph_);
     // Built now when the graph fixes the size, so that an operator oneDNN lacks shows at once.
     const auto& s = graph_.input_shape;
     if (s[1] > 0 && s[2] > 0 && s[3] > 0) plan_for(1, s[1], s[2], s[3]);

@@ -27,7 +27,7 @@ struct FitOptions {
 
 /// Registers --backbone, --layers, --coreset-ratio, ... on a sub-command.
 void add_fit_options(CLI::App& cmd, FitOptions& o);
-/// Registers --engine (auto, dnnl, gemm, opencv) on a sub-command.
+/// Registers --engine (auto, dnnl, opencv) on a sub-command.
 CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine);
 /// Registers --precision (auto, fp32, bf16) on a sub-command.
 CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision);

@@ -94,7 +94,6 @@ json compare_engines(const Params& params, int runs) {
   json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
   std::vector<std::unique_ptr<Backbone>> nets;
   for (auto [e, p] : {std::pair{BackboneEngine::opencv, Precision::fp32},
-                      {BackboneEngine::gemm, Precision::fp32},
                       {BackboneEngine::dnnl, Precision::fp32},
                       {BackboneEngine::dnnl, Precision::bf16}}) {
     auto net = make_backbone(g.onnx, layers, params.threads, e, p);

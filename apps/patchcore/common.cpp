@@ -78,9 +78,9 @@ CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
   return cmd
       .add_option("--engine", engine,
                   "what runs the backbone: auto (dnnl unless the graph has operators it "
-                  "lacks), dnnl (oneDNN), gemm (BLAS convolutions) or opencv (OpenCV DNN); "
-                  "same features to float rounding in fp32")
-      ->check(CLI::IsMember({"auto", "dnnl", "gemm", "opencv"}));
+                  "lacks), dnnl (oneDNN) or opencv (OpenCV DNN); same features to float "
+                  "rounding in fp32")
+      ->check(CLI::IsMember({"auto", "dnnl", "opencv"}));
 }
 
 CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision) {

@@ -84,9 +84,7 @@ enum class Resize {
 /// the same features to float rounding (1e-5 relative) in fp32.
 enum class BackboneEngine {
   automatic,  ///< dnnl when it implements every operator, else opencv
-  dnnl,       ///< oneDNN primitives, NHWC activations, fp32 or bf16 (the fastest)
-  gemm,       ///< this project's interpreter: convolutions as BLAS sgemm blocks (3 x 3 ones by
-              ///< Winograd), a batch one image per thread
+  dnnl,       ///< oneDNN primitives, NHWC activations, fp32 or bf16 (the faster)
   opencv,     ///< OpenCV DNN
 };
 
@@ -150,9 +148,8 @@ struct Params {
   /// program with OMP_WAIT_POLICY=passive when other processes share the cores (the CLI sets
   /// it for itself): spinning idle threads slowed two concurrent runs several-fold.
   int threads = 0;
-  /// Images per backbone call. With the gemm engine, as many images as threads at a time run
-  /// one per thread (each thread then holds one image's maps), the rest with each layer shared
-  /// out: a multiple of the thread count uses the cores best.
+  /// Images per backbone call (decoded and pre-processed together; the dnnl engine then runs
+  /// them one after another, each layer on all threads).
   int batch_size = 8;
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
   Precision precision = Precision::automatic;         ///< not stored in the model file
@@ -225,7 +222,7 @@ class Model {
   void set_threads(int threads);
   /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
   void set_engine(BackboneEngine engine);
-  /// "dnnl", "gemm" or "opencv": the engine that runs (or will run) the backbone.
+  /// "dnnl" or "opencv": the engine that runs (or will run) the backbone.
   std::string backbone_engine() const;
   /// Chooses the backbone's arithmetic for later predictions (a loaded model starts automatic).
   void set_precision(Precision precision);

@@ -60,12 +60,9 @@ void add_predict(CLI::App& app) {
       fs::create_directories(s->out, ec);
       if (!fs::is_directory(s->out)) throw_bad_input(s->out, "cannot create the output folder");
     }
-    int skipped = 0;
-    Callbacks batch_cb = cb;
-    batch_cb.log = [&](LogLevel level, const std::string& message) {
-      if (level == LogLevel::warning) ++skipped;
-      cb.log(level, message);
-    };
+    // Images left out of the results could not be read (the library says why); other
+    // warnings, e.g. a precision this CPU lacks, are not about images.
+    size_t predicted = 0;
     const Params& params = model.params();
     const Preprocess pre = preprocess_for(params);
     std::set<std::string> used;
@@ -73,7 +70,9 @@ void add_predict(CLI::App& app) {
     for (size_t start = 0; start < images.size(); start += bs) {
       std::vector<fs::path> batch(images.begin() + start,
                                   images.begin() + std::min(images.size(), start + bs));
-      for (const Prediction& p : model.predict(batch, batch_cb)) {
+      const std::vector<Prediction> results = model.predict(batch, cb);
+      predicted += results.size();
+      for (const Prediction& p : results) {
         nlohmann::json j{{"path", p.path.string()},
                          {"score", p.score},
                          {"normalized_score", p.normalized_score},
@@ -97,7 +96,7 @@ void add_predict(CLI::App& app) {
         std::cout << j.dump() << "\n" << std::flush;
       }
     }
-    if (skipped > 0) {
+    if (const size_t skipped = images.size() - predicted; skipped > 0) {
       cb.log(LogLevel::warning, std::to_string(skipped) + " of " + std::to_string(images.size()) +
                                     " images could not be read (see above)");
       exit_code() = 3;

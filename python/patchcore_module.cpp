@@ -227,6 +227,7 @@ void visit_params(P& p, F&& f) {
   f("threads", p.threads);
   f("batch_size", p.batch_size);
   f("engine", p.engine);
+  f("precision", p.precision);
 }
 
 template <class T>
@@ -292,6 +293,7 @@ void parse(const std::string& s, Intensity& v) { v = intensity_from_string(s); }
 void parse(const std::string& s, EmbeddingMode& v) { v = embedding_from_string(s); }
 void parse(const std::string& s, Upsample& v) { v = upsample_from_string(s); }
 void parse(const std::string& s, BackboneEngine& v) { v = engine_from_string(s); }
+void parse(const std::string& s, Precision& v) { v = precision_from_string(s); }
 
 template <class E>
 requires std::is_enum_v<E>
@@ -629,7 +631,19 @@ PYBIND11_MODULE(_patchcore, m) {
             std::unique_lock lock(self.mutex);
             self.model.set_engine(e);
           },
-          "what runs the backbone: auto, gemm or opencv (gives the one that runs)")
+          "what runs the backbone: auto, dnnl or opencv (gives the one that runs)")
+      .def_property(
+          "precision",
+          [](const PyModel& self) {
+            return read(self, [](const Model& m) { return m.backbone_precision(); });
+          },
+          [](PyModel& self, const std::string& name) {
+            const Precision p = precision_from_string(name);
+            py::gil_scoped_release release;
+            std::unique_lock lock(self.mutex);
+            self.model.set_precision(p);
+          },
+          "the backbone's arithmetic: auto, fp32 or bf16 (gives the one that runs)")
       .def(
           "set_threads",
           [](PyModel& self, int threads) {

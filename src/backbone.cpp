@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "backbone_ops.h"
 #include "error.h"
 #include "file_io.h"
 #include "keras_onnx.h"
@@ -128,11 +129,72 @@ std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
   return std::make_unique<OpenCvBackbone>(onnx, layers);
 }
 
+std::unique_ptr<Backbone> make_dnnl_backbone(const std::vector<uint8_t>& onnx,
+                                             const std::vector<std::string>& layers, int threads,
+                                             Precision precision) {
+  const bool has_bf16 = dnnl_has_bf16();
+  std::string why;
+  auto b = try_dnnl_backbone(onnx, layers, threads,
+                             precision == Precision::bf16        ? has_bf16
+                             : precision == Precision::automatic ? has_bf16
+                                                                 : false,
+                             &why);
+  if (!b) {
+    throw_bad_input("ONNX backbone graph",
+                    "the oneDNN engine cannot run it: " + why + " (use the OpenCV engine)");
+  }
+  if (precision == Precision::bf16 && !has_bf16) {
+    b->add_note("precision bf16: oneDNN has no bf16 kernels for this CPU (its instruction set: " +
+                dnnl_isa_name() + "), the backbone runs fp32");
+  }
+  return b;
+}
+
+std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
+                                        const std::vector<std::string>& layers, int threads,
+                                        BackboneEngine engine, Precision precision) {
+  std::unique_ptr<Backbone> b;
+  switch (engine) {
+    case BackboneEngine::dnnl:
+      return make_dnnl_backbone(onnx, layers, threads, precision);
+    case BackboneEngine::opencv:
+      b = make_opencv_backbone(onnx, layers, threads);
+      break;
+    case BackboneEngine::automatic: {
+      std::string why;
+      if (auto d = try_dnnl_backbone(onnx, layers, threads,
+                                     precision != Precision::fp32 && dnnl_has_bf16(), &why)) {
+        if (precision == Precision::bf16 && !dnnl_has_bf16()) {
+          d->add_note(
+              "precision bf16: oneDNN has no bf16 kernels for this CPU (its instruction "
+              "set: " +
+              dnnl_isa_name() + "), the backbone runs fp32");
+        }
+        return d;
+      }
+      b = make_opencv_backbone(onnx, layers, threads);
+      b->add_note("engine auto: oneDNN cannot run the graph (" + why + "), OpenCV runs it");
+      break;
+    }
+  }
+  if (precision == Precision::bf16) {
+    b->add_note("precision bf16: the " + b->engine() + " engine runs fp32 only");
+  }
+  return b;
+}
+
 BackboneEngine engine_from_string(const std::string& name) {
   if (name == "auto") return BackboneEngine::automatic;
-  if (name == "gemm") return BackboneEngine::gemm;
+  if (name == "dnnl") return BackboneEngine::dnnl;
   if (name == "opencv") return BackboneEngine::opencv;
-  throw_usage("unknown engine '" + name + "' (expected auto, gemm or opencv)");
+  throw_usage("unknown backbone engine '" + name + "' (auto, dnnl or opencv)");
+}
+
+Precision precision_from_string(const std::string& name) {
+  if (name == "auto") return Precision::automatic;
+  if (name == "fp32") return Precision::fp32;
+  if (name == "bf16") return Precision::bf16;
+  throw_usage("unknown precision '" + name + "' (auto, fp32 or bf16)");
 }
 
 std::optional<BackboneInfo> builtin_backbone(const std::string& name) {

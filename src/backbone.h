@@ -25,8 +25,17 @@ class Backbone {
   /// Floating-point operations of one forward pass on a height x width image (multiply-adds
   /// count two), for benchmarks; 0 when the engine cannot tell.
   virtual double flops_per_image(int height, int width) = 0;
-  /// "gemm" or "opencv", for benchmarks.
+  /// "dnnl" or "opencv", for benchmarks.
   virtual std::string engine() const = 0;
+  /// "fp32" or "bf16": the arithmetic the backbone runs in.
+  virtual std::string precision() const { return "fp32"; }
+  /// Why the engine or precision asked for is not the one that runs (log lines for the user);
+  /// empty when it is.
+  const std::vector<std::string>& notes() const { return notes_; }
+  void add_note(std::string note) { notes_.push_back(std::move(note)); }
+
+ private:
+  std::vector<std::string> notes_;
 };
 
 /// OpenCV DNN on an ONNX graph held in memory. Throws Error(bad_input) when the graph does not
@@ -37,25 +46,30 @@ class Backbone {
 std::unique_ptr<Backbone> make_opencv_backbone(const std::vector<uint8_t>& onnx,
                                                const std::vector<std::string>& layers, int threads);
 
-/// The GEMM engine (gemm_backbone.cpp): an interpreter for the operators the built-in and
-/// imported backbones use (Conv, Relu, Clip, Add, Mul by a constant, Concat along channels,
-/// MaxPool, AveragePool, constant Pad, BatchNormalization, Identity), every convolution
-/// single-threaded BLAS sgemm calls on blocks of its im2col matrix (3 x 3 ones of stride 1 with
-/// 16 or more channels: of Winograd's transformed tiles) shared out to the OpenMP threads; a
-/// batch runs one image per thread as far as it divides. Only the nodes the layers depend on
-/// are read. Outputs equal OpenCV's to float rounding (tested to 1e-5 relative) and do not
-/// depend on the thread count or the batch. threads <= 0: the caller's OpenMP count. Throws
-/// Error(bad_input) when the graph does not parse, lacks a layer, or uses an operator or
-/// attribute the engine does not implement (the message names the node).
-std::unique_ptr<Backbone> make_gemm_backbone(const std::vector<uint8_t>& onnx,
-                                             const std::vector<std::string>& layers, int threads);
+/// The oneDNN engine (dnnl_backbone.cpp): an interpreter for the operators the built-in and
+/// imported backbones use (Conv, depthwise and grouped ones included, Relu, Clip, Add, Mul by
+/// a constant, Concat along channels, MaxPool, AveragePool, constant Pad, BatchNormalization,
+/// Identity) as oneDNN primitives, ReLU / Clip fused as post-ops, built once per input size
+/// and thread count, activations NHWC throughout. Only the nodes the layers depend on are
+/// read. Precision::fp32 equals the plain forward to float rounding (1e-5
+/// relative); bf16 rounds weights and activations to bf16 (accumulating in fp32), and
+/// automatic takes bf16 where oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX).
+/// bf16 asked for on a CPU without them runs fp32 and says so in notes(). Images run one at
+/// a time, each layer on all threads: every image's features are the same whatever the batch.
+/// threads <= 0: the caller's OpenMP count. Throws Error(bad_input) when the graph does not
+/// parse, lacks a layer, or uses an operator or attribute the engine does not implement (the
+/// message names the node).
+std::unique_ptr<Backbone> make_dnnl_backbone(const std::vector<uint8_t>& onnx,
+                                             const std::vector<std::string>& layers, int threads,
+                                             Precision precision);
 
-/// The backbone of the chosen engine. BackboneEngine::automatic takes the GEMM engine when it
-/// implements every operator the layers need and the graph has no grouped (depthwise)
-/// convolutions, which OpenCV runs faster; else OpenCV.
+/// The backbone of the chosen engine and precision. BackboneEngine::automatic takes oneDNN
+/// when it implements every operator the layers need, else OpenCV (with a note saying why).
+/// The opencv engine runs fp32 only: bf16 asked of it is noted and runs fp32.
 std::unique_ptr<Backbone> make_backbone(const std::vector<uint8_t>& onnx,
                                         const std::vector<std::string>& layers, int threads,
-                                        BackboneEngine engine);
+                                        BackboneEngine engine,
+                                        Precision precision = Precision::fp32);
 
 /// What is known about a backbone before running it.
 struct BackboneInfo {

@@ -67,7 +67,8 @@ FeatureExtractor::FeatureExtractor(const Params& params, int height, int width)
   impl_->height = height;
   impl_->width = width;
   impl_->threads = params.threads;
-  impl_->net = make_backbone(backbone_graph(spec, height, width), spec.layers, 0, params.engine);
+  impl_->net = make_backbone(backbone_graph(spec, height, width), spec.layers, 0, params.engine,
+                             params.precision);
 }
 
 FeatureExtractor::FeatureExtractor(FeatureExtractor&&) noexcept = default;
@@ -77,6 +78,8 @@ FeatureExtractor::~FeatureExtractor() = default;
 const std::vector<std::string>& FeatureExtractor::layers() const { return impl_->layers; }
 std::string FeatureExtractor::normalization() const { return to_string(impl_->normalization); }
 std::string FeatureExtractor::engine() const { return impl_->net->engine(); }
+std::string FeatureExtractor::precision() const { return impl_->net->precision(); }
+const std::vector<std::string>& FeatureExtractor::notes() const { return impl_->net->notes(); }
 double FeatureExtractor::flops_per_image() {
   return impl_->net->flops_per_image(impl_->height, impl_->width);
 }

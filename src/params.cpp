@@ -29,10 +29,22 @@ const char* to_string(BackboneEngine e) {
   switch (e) {
     case BackboneEngine::automatic:
       return "auto";
-    case BackboneEngine::gemm:
-      return "gemm";
+    case BackboneEngine::dnnl:
+      return "dnnl";
     case BackboneEngine::opencv:
       return "opencv";
+  }
+  return "?";
+}
+
+const char* to_string(Precision p) {
+  switch (p) {
+    case Precision::automatic:
+      return "auto";
+    case Precision::fp32:
+      return "fp32";
+    case Precision::bf16:
+      return "bf16";
   }
   return "?";
 }

@@ -224,8 +224,8 @@ struct Model::Impl {
   std::unique_ptr<Impl> same_settings() const;
   std::string name() const { return source_file.empty() ? std::string("(model)") : source_file; }
   void load_growth(ModelFileContents& c, const fs::path& file);
-  // Backbones, built on first use. A forward is not re-entrant (OpenCV's Net, the GEMM
-  // engine's workspaces), so each call takes one from the pool for its batch and gives it back;
+  // Backbones, built on first use. A forward is not re-entrant (OpenCV's Net, the oneDNN
+  // engine's buffers), so each call takes one from the pool for its batch and gives it back;
   // when all are busy another is built, up to one per core (each holds the graph's weights),
   // beyond which calls wait. Built on the calling thread's OpenMP count (0): a forward runs on
   // its call's threads.
@@ -237,19 +237,22 @@ struct Model::Impl {
   // A backbone of the pool for one scope.
   class Lease {
    public:
-    explicit Lease(const Impl& m) : m_(m), net_(m.acquire()) {}
+    explicit Lease(const Impl& m) : m_(m), net_(m.acquire(&first_)) {}
     ~Lease() { m_.release(std::move(net_)); }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     Backbone& operator*() const { return *net_; }
     Backbone* operator->() const { return net_.get(); }
+    // Whether this lease built the pool's first backbone (whose notes are then logged once).
+    bool first() const { return first_; }
 
    private:
     const Impl& m_;
+    bool first_ = false;
     std::unique_ptr<Backbone> net_;
   };
 
-  std::unique_ptr<Backbone> acquire() const {
+  std::unique_ptr<Backbone> acquire(bool* first) const {
     std::unique_lock<std::mutex> lock(pool_mutex);
     pool_returned.wait(lock, [&] { return !idle.empty() || built < available_cores(); });
     if (!idle.empty()) {
@@ -257,10 +260,11 @@ struct Model::Impl {
       idle.pop_back();
       return b;
     }
+    *first = built == 0;
     ++built;
     lock.unlock();  // building takes a while: others may use the idle ones meanwhile
     try {
-      return make_backbone(onnx, layers, 0, params.engine);
+      return make_backbone(onnx, layers, 0, params.engine, params.precision);
     } catch (...) {
       lock.lock();
       --built;
@@ -350,6 +354,9 @@ struct Model::Impl {
     decode.reset();
     const auto n_ok = static_cast<int64_t>(ok.size());
     const Lease net(*this);  // taken outside the timer: building one is a one-off cost
+    if (net.first() && cb.log) {
+      for (const std::string& note : net->notes()) cb.log(LogLevel::warning, note);
+    }
     try {
       StageTimer t(cb, "backbone", n_ok);
       return net->forward(batch);
@@ -473,6 +480,16 @@ void Model::set_engine(BackboneEngine engine) {
 std::string Model::backbone_engine() const {
   const Impl::Lease net(*impl_);
   return net->engine();
+}
+
+void Model::set_precision(Precision precision) {
+  impl_->reset_pool();
+  impl_->params.precision = precision;
+}
+
+std::string Model::backbone_precision() const {
+  const Impl::Lease net(*impl_);
+  return net->precision();
 }
 
 Model Model::fit(const std::vector<fs::path>& images, const Params& params, const Callbacks& cb) {

@@ -81,7 +81,7 @@ TEST_F(Features, OwnSizeMapsEqualTheBackbonesOnTheNormalisedImage) {
 TEST_F(Features, SquareInputsResizeAndBothEnginesAgree) {
   params_.layers = {"block_3_expand_relu"};
   std::vector<std::vector<patchcore::FeatureMap>> out;
-  for (auto e : {patchcore::BackboneEngine::gemm, patchcore::BackboneEngine::opencv}) {
+  for (auto e : {patchcore::BackboneEngine::dnnl, patchcore::BackboneEngine::opencv}) {
     params_.engine = e;
     patchcore::FeatureExtractor net(params_, 64, 64);
     out.push_back(net.extract(image_.view()));

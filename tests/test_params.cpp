@@ -38,8 +38,10 @@ TEST(Params, EnumNamesRoundTripAndUnknownNamesAreUsageErrors) {
     EXPECT_EQ(intensity_from_string(to_string(i)), i);
   for (auto r : {Resize::squash, Resize::pad, Resize::fixed})
     EXPECT_EQ(resize_from_string(to_string(r)), r);
-  for (auto e : {BackboneEngine::automatic, BackboneEngine::gemm, BackboneEngine::opencv})
+  for (auto e : {BackboneEngine::automatic, BackboneEngine::dnnl, BackboneEngine::opencv})
     EXPECT_EQ(engine_from_string(to_string(e)), e);
+  for (auto p : {Precision::automatic, Precision::fp32, Precision::bf16})
+    EXPECT_EQ(precision_from_string(to_string(p)), p);
   EXPECT_STREQ(to_string(Intensity::automatic), "auto");
   EXPECT_STREQ(to_string(BackboneEngine::automatic), "auto");
   // Each message names the parameter and the bad value.

@@ -393,7 +393,7 @@ TEST_F(ModelTest, ConstModelGivesSerialResultsToEightThreadsAtOnce) {
   fitted.set_threads(0);
   omp_set_num_threads(1);
   const int opencv_threads = cv::getNumThreads();
-  for (const auto engine : {patchcore::BackboneEngine::gemm, patchcore::BackboneEngine::opencv}) {
+  for (const auto engine : {patchcore::BackboneEngine::dnnl, patchcore::BackboneEngine::opencv}) {
     fitted.set_engine(engine);
     const patchcore::Model& model = fitted;
     // Every (kind, image) job, run serially first.
@@ -425,7 +425,7 @@ TEST_F(ModelTest, ConstModelGivesSerialResultsToEightThreadsAtOnce) {
     for (int t = 0; t < kThreads; ++t)
       for (const std::string& f : failures[t]) ADD_FAILURE() << "thread " << t << ", " << f;
     EXPECT_EQ(model.backbone_engine(),
-              engine == patchcore::BackboneEngine::gemm ? "gemm" : "opencv");
+              engine == patchcore::BackboneEngine::dnnl ? "dnnl" : "opencv");
   }
   EXPECT_EQ(omp_get_max_threads(), 1);
   EXPECT_EQ(cv::getNumThreads(), opencv_threads);

@@ -71,7 +71,7 @@ void expect_matches_torchvision(const std::string& fixture, const ResNetSpec& sp
                                 const std::string& pth) {
   const StateDict weights = load_torch_state_dict(kFixtures / pth);
   const std::vector<uint8_t> onnx = resnet_to_onnx(spec, weights, 4, "test", pth);
-  for (const BackboneEngine engine : {BackboneEngine::opencv, BackboneEngine::gemm}) {
+  for (const BackboneEngine engine : {BackboneEngine::opencv, BackboneEngine::dnnl}) {
     const auto net = make_backbone(onnx, kAllLayers, 2, engine);
     const std::string name = net->engine();
     // One loaded graph, two input sizes (one odd): the graph's spatial size is symbolic.

@@ -21,13 +21,16 @@ struct FitOptions {
   std::string resize;
   std::string intensity;
   std::string engine;
+  std::string precision;
   std::map<std::string, CLI::Option*> given;  ///< option name -> option, to see what was set
 };
 
 /// Registers --backbone, --layers, --coreset-ratio, ... on a sub-command.
 void add_fit_options(CLI::App& cmd, FitOptions& o);
-/// Registers --engine (auto, gemm, opencv) on a sub-command.
+/// Registers --engine (auto, dnnl, opencv) on a sub-command.
 CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine);
+/// Registers --precision (auto, fp32, bf16) on a sub-command.
+CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision);
 /// The preset's values, then the options the user gave explicitly.
 Params resolve_fit_options(const FitOptions& o);
 

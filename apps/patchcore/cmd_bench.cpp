@@ -53,51 +53,64 @@ struct Stages {
   }
 };
 
-// Both engines on the same input, alternating image by image so that a busy or throttled
-// machine slows both alike: medians and minima of `runs` forwards each, and how far the GEMM
-// engine's features are from OpenCV's (largest difference over the layer's largest value).
+// Every engine and precision on the same input, alternating image by image so that a busy or
+// throttled machine slows all alike: medians and minima of `runs` forwards each, and how far
+// each one's features are from OpenCV's fp32 ones (largest difference over the layer's largest
+// value). bf16 runs only where the CPU has it (else "bf16_skipped" says why).
 json compare_engines(const Params& params, int runs) {
   const BackboneSpec spec = resolve_backbone(params);
   const std::vector<std::string>& layers = spec.layers;
   const int size = spec.image_size;
   std::vector<float> x(3 * static_cast<size_t>(size) * size);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37 * static_cast<double>(i));
-  const std::vector<BackboneEngine> engines{BackboneEngine::opencv, BackboneEngine::gemm};
+  json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
   std::vector<FeatureExtractor> nets;
-  std::vector<std::vector<FeatureMap>> first;
-  for (BackboneEngine e : engines) {
+  for (auto [e, pr] : {std::pair{BackboneEngine::opencv, Precision::fp32},
+                       {BackboneEngine::dnnl, Precision::fp32},
+                       {BackboneEngine::dnnl, Precision::bf16}}) {
     Params p = params;
     p.engine = e;
-    nets.emplace_back(p, size, size);
-    first.push_back(nets.back().extract(x.data(), 1));  // warm-up, and the outputs compared
+    p.precision = pr;
+    FeatureExtractor net(p, size, size);
+    if (pr == Precision::bf16 && net.precision() != "bf16") {
+      out["bf16_skipped"] = net.notes().empty() ? "no bf16" : net.notes()[0];
+      continue;
+    }
+    nets.push_back(std::move(net));
   }
-  std::vector<std::vector<double>> ms(engines.size());
+  std::vector<std::vector<FeatureMap>> first;
+  for (auto& net : nets) first.push_back(net.extract(x.data(), 1));  // warm-up, and compared
+  std::vector<std::vector<double>> ms(nets.size());
   for (int r = 0; r < runs; ++r) {
-    for (size_t e = 0; e < engines.size(); ++e) {
+    for (size_t e = 0; e < nets.size(); ++e) {
       const auto t0 = std::chrono::steady_clock::now();
       nets[e].extract(x.data(), 1);
       ms[e].push_back(1e3 *
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
   }
-  json out{{"backbone", params.backbone}, {"image_size", size}, {"layers", layers}, {"runs", runs}};
-  for (size_t e = 0; e < engines.size(); ++e) {
+  // The native engine's count (OpenCV's counts a depthwise convolution as a dense one).
+  const double flops = nets.back().flops_per_image();
+  out["gflop_per_image"] = flops / 1e9;
+  for (size_t e = 0; e < nets.size(); ++e) {
     std::sort(ms[e].begin(), ms[e].end());
     const double median = ms[e][ms[e].size() / 2];
-    const double flops = nets[e].flops_per_image();
-    out["engines"][nets[e].engine()] = {{"median_ms", median},
-                                        {"min_ms", ms[e].front()},
-                                        {"gflops_at_median", flops / median / 1e6}};
-  }
-  for (size_t k = 0; k < layers.size(); ++k) {
-    double diff = 0, scale = 0;
-    const std::vector<float>&a = first[0][k].values, &b = first[1][k].values;
-    for (size_t i = 0; i < a.size(); ++i) {
-      diff = std::max(diff, std::abs(double{a[i]} - b[i]));
-      scale = std::max(scale, std::abs(double{a[i]}));
+    json& j = out["engines"][nets[e].engine() + "_" + nets[e].precision()];
+    j = {{"median_ms", median},
+         {"min_ms", ms[e].front()},
+         {"gflops_at_median", flops / median / 1e6}};
+    if (e == 0) continue;
+    for (size_t k = 0; k < layers.size(); ++k) {
+      double diff = 0, scale = 0;
+      const std::vector<float>&a = first[0][k].values, &b = first[e][k].values;
+      for (size_t i = 0; i < a.size(); ++i) {
+        diff = std::max(diff, std::abs(double{a[i]} - b[i]));
+        scale = std::max(scale, std::abs(double{a[i]}));
+      }
+      j["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
     }
-    out["max_difference_over_max_value"][layers[k]] = scale > 0 ? diff / scale : diff;
   }
+  out["peak_rss_mb"] = peak_rss_mb();
   return out;
 }
 
@@ -199,6 +212,7 @@ void add_bench(CLI::App& app) {
     }
     out["backbone"]["gflop_per_image"] = flops / 1e9;
     out["backbone"]["engine"] = model.backbone_engine();
+    out["backbone"]["precision"] = model.backbone_precision();
     out["predict"] = pj;
     out["peak_rss_mb"] = peak_rss_mb();
     std::cout << out.dump(2) << "\n";

@@ -33,6 +33,7 @@ void add_eval(CLI::App& app) {
     std::string model, data, out;
     int threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
     bool save_threshold = false, no_images = false;
   };
   auto s = std::make_shared<State>();
@@ -42,6 +43,7 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->add_flag("--save-threshold", s->save_threshold,
                 "store the F1-optimal thresholds found here in the model file");
   cmd->add_flag("--no-images", s->no_images, "skip the per-image overlays");
@@ -51,6 +53,7 @@ void add_eval(CLI::App& app) {
     model.set_threads(s->threads);
     set_opencv_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
+    model.set_precision(precision_from_string(s->precision));
     EvalOptions o{s->out, !s->no_images};
     EvalResult r = evaluate(model, std::filesystem::path(s->data), o, cb);
     print_metrics_summary(nlohmann::json::parse(r.metrics_json), s->out);

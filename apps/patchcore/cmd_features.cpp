@@ -32,6 +32,7 @@ void add_features(CLI::App& app) {
     std::string backbone = "inception_v3", layers, normalize, image, out;
     int image_size = 0, threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--backbone", s->backbone, "built-in name or ONNX file")->capture_default_str();
@@ -41,6 +42,7 @@ void add_features(CLI::App& app) {
                   "resize to S x S first (default: run at the image's own size)");
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->add_option("image", s->image, "image file")->required();
   cmd->add_option("--out", s->out, "output folder")->required();
   cmd->callback([s] {
@@ -53,6 +55,7 @@ void add_features(CLI::App& app) {
     params.normalization = s->normalize;
     params.threads = s->threads;
     params.engine = engine_from_string(s->engine);
+    params.precision = precision_from_string(s->precision);
     // Without --image-size the network runs at the image's own size.
     FeatureExtractor net(params, s->image_size > 0 ? s->image_size : image.height,
                          s->image_size > 0 ? s->image_size : image.width);

@@ -16,6 +16,7 @@ void add_predict(CLI::App& app) {
     std::optional<double> threshold;
     int threads = 0;
     std::string engine = "auto";
+    std::string precision = "auto";
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--model", s->model, "model file")->required();
@@ -24,6 +25,7 @@ void add_predict(CLI::App& app) {
   cmd->add_option("--threshold", s->threshold, "image score threshold (default: the model's)");
   cmd->add_option("--threads", s->threads, "0: all cores");
   add_engine_option(*cmd, s->engine);
+  add_precision_option(*cmd, s->precision);
   cmd->callback([s] {
     // Checked before the model loads: a missing path or an empty folder is a mistake to
     // report, not a run that prints nothing.
@@ -47,6 +49,7 @@ void add_predict(CLI::App& app) {
     model.set_threads(s->threads);
     set_opencv_threads(s->threads);
     model.set_engine(engine_from_string(s->engine));
+    model.set_precision(precision_from_string(s->precision));
     if (s->threshold) {
       Calibration c = model.calibration();
       // Keep the pixel threshold's offset from the image threshold so the heatmap follows.
@@ -60,19 +63,18 @@ void add_predict(CLI::App& app) {
       fs::create_directories(s->out, ec);
       if (!fs::is_directory(s->out)) throw_bad_input(s->out, "cannot create the output folder");
     }
-    int skipped = 0;
-    Callbacks batch_cb = cb;
-    batch_cb.log = [&](LogLevel level, const std::string& message) {
-      if (level == LogLevel::warning) ++skipped;
-      cb.log(level, message);
-    };
+    // Images left out of the results could not be read (the library says why); other
+    // warnings, e.g. a precision this CPU lacks, are not about images.
+    size_t predicted = 0;
     const Params& params = model.params();
     std::set<std::string> used;
     const size_t bs = static_cast<size_t>(params.batch_size);
     for (size_t start = 0; start < images.size(); start += bs) {
       std::vector<fs::path> batch(images.begin() + start,
                                   images.begin() + std::min(images.size(), start + bs));
-      for (const Prediction& p : model.predict(batch, batch_cb)) {
+      const std::vector<Prediction> results = model.predict(batch, cb);
+      predicted += results.size();
+      for (const Prediction& p : results) {
         nlohmann::json j{{"path", p.path.string()},
                          {"score", p.score},
                          {"normalized_score", p.normalized_score},
@@ -94,7 +96,7 @@ void add_predict(CLI::App& app) {
         std::cout << j.dump() << "\n" << std::flush;
       }
     }
-    if (skipped > 0) {
+    if (const size_t skipped = images.size() - predicted; skipped > 0) {
       cb.log(LogLevel::warning, std::to_string(skipped) + " of " + std::to_string(images.size()) +
                                     " images could not be read (see above)");
       exit_code() = 3;

@@ -69,15 +69,25 @@ void add_fit_options(CLI::App& cmd, FitOptions& o) {
   g["batch-size"] = cmd.add_option("--batch-size", p.batch_size)->capture_default_str();
   g["threads"] = cmd.add_option("--threads", p.threads, "0: all cores")->capture_default_str();
   g["engine"] = add_engine_option(cmd, o.engine);
+  g["precision"] = add_precision_option(cmd, o.precision);
 }
 
 CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
   return cmd
       .add_option("--engine", engine,
-                  "what runs the backbone: auto (gemm unless the graph has operators it lacks "
-                  "or depthwise convolutions), gemm (BLAS convolutions) or opencv (OpenCV "
-                  "DNN); same features to float rounding")
-      ->check(CLI::IsMember({"auto", "gemm", "opencv"}));
+                  "what runs the backbone: auto (dnnl unless the graph has operators it "
+                  "lacks), dnnl (oneDNN) or opencv (OpenCV DNN); same features to float "
+                  "rounding in fp32")
+      ->check(CLI::IsMember({"auto", "dnnl", "opencv"}));
+}
+
+CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision) {
+  return cmd
+      .add_option("--precision", precision,
+                  "the backbone's arithmetic: auto (bf16 where the CPU has AVX-512 BF16 or AMX, "
+                  "else fp32), fp32 or bf16 (dnnl engine only; about twice as fast, features "
+                  "within bf16 rounding)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
 }
 
 Params resolve_fit_options(const FitOptions& o) {
@@ -112,6 +122,7 @@ Params resolve_fit_options(const FitOptions& o) {
   if (given("batch-size")) p.batch_size = u.batch_size;
   if (given("threads")) p.threads = u.threads;
   if (given("engine")) p.engine = engine_from_string(o.engine);
+  if (given("precision")) p.precision = precision_from_string(o.precision);
   return p;
 }
 

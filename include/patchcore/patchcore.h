@@ -96,14 +96,21 @@ enum class Resize {
   fixed,
 };
 
-/// What runs the backbone. A choice of this run, not stored in a model: both engines compute
-/// the same features to float rounding (1e-5 relative).
+/// What runs the backbone. A choice of this run, not stored in a model: the engines compute
+/// the same features to float rounding (1e-5 relative) in fp32.
 enum class BackboneEngine {
-  automatic,  ///< gemm when it implements every operator and the graph has no depthwise
-              ///< convolutions (OpenCV runs those faster), else opencv
-  gemm,       ///< this project's interpreter: convolutions as BLAS sgemm blocks (3 x 3 ones by
-              ///< Winograd), a batch one image per thread (the faster)
+  automatic,  ///< dnnl when it implements every operator, else opencv
+  dnnl,       ///< oneDNN primitives, NHWC activations, fp32 or bf16 (the faster)
   opencv,     ///< OpenCV DNN
+};
+
+/// The backbone's arithmetic. A choice of this run, not stored in a model. bf16 rounds weights
+/// and activations to bf16 (sums in fp32): about twice fp32's speed where the CPU has bf16
+/// instructions, features within bf16 rounding (metrics: docs/benchmarks.md).
+enum class Precision {
+  automatic,  ///< bf16 where the dnnl engine has bf16 kernels for this CPU, else fp32
+  fp32,
+  bf16,  ///< dnnl engine only; without bf16 instructions it runs fp32, with a log line
 };
 
 struct Params {
@@ -163,11 +170,11 @@ struct Params {
   /// other work shares the cores (the CLI sets it for itself): spinning idle threads slowed two
   /// concurrent runs several-fold.
   int threads = 0;
-  /// Images per backbone call. With the gemm engine, as many images as threads at a time run
-  /// one per thread (each thread then holds one image's maps), the rest with each layer shared
-  /// out: a multiple of the thread count uses the cores best.
+  /// Images per backbone call (decoded and pre-processed together; the dnnl engine then runs
+  /// them one after another, each layer on all threads).
   int batch_size = 8;
   BackboneEngine engine = BackboneEngine::automatic;  ///< not stored in the model file
+  Precision precision = Precision::automatic;         ///< not stored in the model file
 
   /// Bytes fit may hold for the patch features before the coreset is chosen; 0: 80 % of the
   /// memory the kernel reports available (MemAvailable). Beyond it, fit streams the features to
@@ -208,8 +215,10 @@ const char* to_string(Intensity i);  ///< "keep", "standardize", "auto"
 Intensity intensity_from_string(const std::string& name);
 const char* to_string(Resize r);  ///< "squash", "pad", "fixed"
 Resize resize_from_string(const std::string& name);
-const char* to_string(BackboneEngine e);  ///< "auto", "gemm", "opencv"
+const char* to_string(BackboneEngine e);  ///< "auto", "dnnl", "opencv"
 BackboneEngine engine_from_string(const std::string& name);
+const char* to_string(Precision p);  ///< "auto", "fp32", "bf16"
+Precision precision_from_string(const std::string& name);
 
 /// The defaults with a preset's values applied: "paper" (the authors' code: resize 256, centre
 /// crop 224, paper embedding, squared L2, 10 % coreset), "anomalib" (256, concat, re-weighting,
@@ -404,8 +413,12 @@ class Model {
   void set_threads(int threads);
   /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
   void set_engine(BackboneEngine engine);
-  /// "gemm" or "opencv": the engine that runs (or will run) the backbone, for benchmarks.
+  /// "dnnl" or "opencv": the engine that runs (or will run) the backbone.
   std::string backbone_engine() const;
+  /// Chooses the backbone's arithmetic for later predictions (a loaded model starts automatic).
+  void set_precision(Precision precision);
+  /// "fp32" or "bf16": what the backbone runs (or will run) in.
+  std::string backbone_precision() const;
 
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
@@ -518,8 +531,9 @@ class FeatureExtractor {
  public:
   /// The backbone, layers and normalisation of params (resolve_backbone), for network inputs of
   /// height x width (a built-in backbone is converted for that size, possibly not square; an
-  /// ONNX file is used as it is), run by params.engine on params.threads (0: all cores,
-  /// shared). Throws as resolve_backbone, and Error(bad_input) when the graph cannot be built.
+  /// ONNX file is used as it is), run by params.engine in params.precision on params.threads
+  /// (0: all cores, shared). Backbone notes (a precision or engine it could not honour) are in
+  /// notes(). Throws as resolve_backbone, and Error(bad_input) when the graph cannot be built.
   FeatureExtractor(const Params& params, int height, int width);
   /// One image: normalised as it is when it has the input's size, else resized (bilinear) to a
   /// square input first; Error(usage) for another size on a non-square input. [1, C, h, w] per
@@ -529,8 +543,12 @@ class FeatureExtractor {
   std::vector<FeatureMap> extract(const float* input, int n);
   const std::vector<std::string>& layers() const;
   std::string normalization() const;
-  /// "gemm" or "opencv".
+  /// "dnnl" or "opencv".
   std::string engine() const;
+  /// "fp32" or "bf16": what the backbone runs in.
+  std::string precision() const;
+  /// What the backbone could not do as asked (e.g. bf16 on a CPU without bf16 kernels).
+  const std::vector<std::string>& notes() const;
   /// Floating-point operations per input (multiply-adds count two); 0 when unknown.
   double flops_per_image();
 

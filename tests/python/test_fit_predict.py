@@ -179,4 +179,8 @@ def test_info_and_repr(model):
     assert info["params"]["backbone"] == "mobilenet_v2" and info["map_size"] == model.map_size == 96
     assert "threshold=" in repr(model)
     assert "Prediction(path=" in repr(model.predict(texture(5)))
-    assert model.engine in ("gemm", "opencv")
+    assert model.engine in ("dnnl", "opencv")
+    model.precision = "fp32"
+    assert model.precision == "fp32"
+    model.precision = "auto"
+    assert model.precision in ("fp32", "bf16")

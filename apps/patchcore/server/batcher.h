@@ -1,7 +1,7 @@
 // Dynamic batching: inference requests for the same model that arrive together run as one
-// engine call (the gemm engine runs one image per thread, so a lone small request leaves cores
-// idle). One worker runs the engine; while other requests are still being received and decoded
-// it waits for them, at most max_wait, before it starts a batch that is not full.
+// engine call (one pre-processing and backbone call per batch instead of one per request).
+// One worker runs the engine; while other requests are still being received and decoded it
+// waits for them, at most max_wait, before it starts a batch that is not full.
 #pragma once
 
 #include <chrono>

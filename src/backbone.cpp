@@ -187,14 +187,14 @@ BackboneEngine engine_from_string(const std::string& name) {
   if (name == "auto") return BackboneEngine::automatic;
   if (name == "dnnl") return BackboneEngine::dnnl;
   if (name == "opencv") return BackboneEngine::opencv;
-  throw_usage("unknown backbone engine '" + name + "' (auto, dnnl or opencv)");
+  throw_usage("unknown engine '" + name + "' (expected auto, dnnl or opencv)");
 }
 
 Precision precision_from_string(const std::string& name) {
   if (name == "auto") return Precision::automatic;
   if (name == "fp32") return Precision::fp32;
   if (name == "bf16") return Precision::bf16;
-  throw_usage("unknown precision '" + name + "' (auto, fp32 or bf16)");
+  throw_usage("unknown precision '" + name + "' (expected auto, fp32 or bf16)");
 }
 
 std::optional<BackboneInfo> builtin_backbone(const std::string& name) {

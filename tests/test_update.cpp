@@ -57,6 +57,8 @@ class GrowTest : public ::testing::Test {
     params_.coreset_ratio = 0.25;
     params_.coreset_min = 0;
     params_.threads = 2;
+    // The comparisons with a fit on both sets hold to fp32's rounding, not bf16's.
+    params_.precision = patchcore::Precision::fp32;
     // Automatic intensity would standardise a fit on both variants (their brightness differs)
     // and keep a fit on one: the comparisons below are about the bank, so both keep.
     params_.intensity = patchcore::Intensity::keep;

@@ -6,7 +6,6 @@
 #include <iostream>
 
 #include "patchcore/patchcore.h"
-#include "synthetic.h"
 
 namespace fs = std::filesystem;
 

@@ -240,6 +240,33 @@ TEST_F(Reliability, Kill9DuringFitLeavesTheOldOrACompleteModel) {
   EXPECT_GE(killed, 5) << "most runs must be killed before they end";
 }
 
+TEST_F(Reliability, Kill9DuringUpdateInPlaceLeavesTheOldOrACompleteModel) {
+  const fs::path out = local_ / "updated.patchcore";
+  fs::copy_file(model(), out);
+  // Without --out, update replaces its own model: the case where a kill could lose it.
+  const int killed = patchcore::testing::expect_kill9_leaves_old_or_complete(
+      {"update", "--model", out.string(), "--data", data().string(), "--threads", "1"}, out,
+      {0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 1.0});
+  EXPECT_GE(killed, 4) << "most runs must be killed before they end";
+}
+
+TEST_F(Reliability, Kill9DuringMergeLeavesTheOldOrACompleteModel) {
+  std::vector<std::string> merge{"merge"};
+  for (int i = 0; i < 2; ++i) {
+    const fs::path part = local_ / ("part" + std::to_string(i) + ".patchcore");
+    std::vector<std::string> args = fit_args(part);
+    args.insert(args.end(), {"--shard", std::to_string(i) + "/2"});
+    const CmdResult r = run(local_, args);
+    ASSERT_EQ(r.code, 0) << r.err;
+    merge.push_back(part.string());
+  }
+  const fs::path out = local_ / "merged.patchcore";
+  merge.insert(merge.end(), {"--out", out.string(), "--threads", "1"});
+  const int killed = patchcore::testing::expect_kill9_leaves_old_or_complete(
+      merge, out, {0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 1.0});
+  EXPECT_GE(killed, 4) << "most runs must be killed before they end";
+}
+
 TEST_F(Reliability, FolderWithoutImagesIsAnErrorNamingIt) {
   const fs::path empty = local_ / "empty";
   fs::create_directories(empty / "sub");

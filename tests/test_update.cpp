@@ -149,7 +149,8 @@ TEST_F(GrowTest, UpdateSurvivesSaveAndLoadAndAnOlderModelNeedsARadius) {
   Model old = Model::load(old_file);
   const std::string msg =
       patchcore::testing::expect_bad_input_naming(old_file, [&] { old.update(train_of(b_)); });
-  EXPECT_NE(msg.find("--radius"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("radius"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("max_rows"), std::string::npos) << msg;
   patchcore::UpdateParams up;
   up.max_rows = 7;
   EXPECT_EQ(old.update(train_of(b_), up), 7);
@@ -202,8 +203,8 @@ TEST_F(GrowTest, FitRefusesBeforeAnyWorkWhenEvenTheProjectedRowsDoNotFit) {
   p.max_memory = 64 << 10;
   const std::string msg = patchcore::testing::expect_bad_input_naming(
       "(training set)", [&] { Model::fit(train_of(a_), p); });
-  EXPECT_NE(msg.find("--shard"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("--image-size"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("shards"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("image_size"), std::string::npos) << msg;
 }
 
 TEST_F(GrowTest, ShardsMergeIntoAModelThatScoresLikeASingleFit) {

@@ -33,7 +33,7 @@ void add_eval(CLI::App& app) {
     std::string model, data, out;
     int threads = 0;
     std::string engine = "auto";
-    std::string precision = "auto";
+    std::string precision = to_string(Params{}.precision);
     bool save_threshold = false, no_images = false;
   };
   auto s = std::make_shared<State>();

@@ -32,7 +32,7 @@ void add_features(CLI::App& app) {
     std::string backbone = "inception_v3", layers, normalize, image, out;
     int image_size = 0, threads = 0;
     std::string engine = "auto";
-    std::string precision = "auto";
+    std::string precision = to_string(Params{}.precision);
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--backbone", s->backbone, "built-in name or ONNX file")->capture_default_str();

@@ -11,7 +11,7 @@ void add_info(CLI::App& app) {
     std::string file;
     bool verify = false;
     std::string engine = "auto";
-    std::string precision = "auto";
+    std::string precision = to_string(Params{}.precision);
   };
   auto s = std::make_shared<Settings>();
   cmd->add_option("model", s->file, "model file")->required();

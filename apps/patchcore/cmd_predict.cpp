@@ -16,7 +16,7 @@ void add_predict(CLI::App& app) {
     std::optional<double> threshold;
     int threads = 0;
     std::string engine = "auto";
-    std::string precision = "auto";
+    std::string precision = to_string(Params{}.precision);
   };
   auto s = std::make_shared<State>();
   cmd->add_option("--model", s->model, "model file")->required();

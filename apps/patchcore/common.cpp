@@ -84,9 +84,10 @@ CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
 CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision) {
   return cmd
       .add_option("--precision", precision,
-                  "the backbone's arithmetic: auto (bf16 where the CPU has AVX-512 BF16 or AMX, "
-                  "else fp32), fp32 or bf16 (dnnl engine only; about twice as fast, features "
-                  "within bf16 rounding)")
+                  "the backbone's arithmetic: fp32 (default), bf16 (dnnl engine only; about "
+                  "twice as fast, features within bf16 rounding, image AUROC measured up to "
+                  "0.043 off fp32) or auto (bf16 where the CPU has AVX-512 BF16 or AMX, else "
+                  "fp32)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
 }
 

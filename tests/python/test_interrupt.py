@@ -28,8 +28,10 @@ def test_keyboard_interrupt_from_a_fit_stage_stops_the_fit(stage, tmp_path):
     calls = []
     out = tmp_path / "model.patchcore"
     with pytest.raises(KeyboardInterrupt):
+        # One thread: the coreset reports progress from the calling thread only, and with two
+        # the other one may make every pick before the caller's first report.
         m = patchcore.fit(IMAGES[:16], progress=interrupt_at(stage, calls), backbone="mobilenet_v2",
-                          image_size=96, batch_size=4, coreset_min=0, coreset_ratio=0.2)
+                          image_size=96, batch_size=4, coreset_min=0, coreset_ratio=0.2, threads=1)
         m.save(out)
     # Stopped at the first report of that stage: nothing ran past it, nothing was written.
     assert calls[-1][0] == stage and [c[0] for c in calls].count(stage) == 1

@@ -15,34 +15,13 @@
 
 namespace fs = std::filesystem;
 using patchcore::testing::read_bytes;
+using patchcore::testing::CmdResult;
+using patchcore::testing::run_cli;
+using patchcore::testing::shell_quote;
 using patchcore::testing::TempDir;
 using patchcore::testing::write_bytes;
 
 namespace {
-
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-CmdResult run(const TempDir& tmp, const std::vector<std::string>& args) {
-  std::string cmd = quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore");
-  for (const auto& a : args) cmd += " " + quote(a);
-  const fs::path out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_bytes(out);
-  r.err = read_bytes(err);
-  return r;
-}
 
 // One small data set and one fitted model for the whole suite: fitting is the slow part.
 class Cli : public ::testing::Test {
@@ -57,7 +36,7 @@ class Cli : public ::testing::Test {
     p.n_per_defect = 4;
     patchcore::write_synthetic_dataset(data(), p);
     fit_ = new CmdResult(
-        run(*tmp_, {"fit", "--data", data().string(), "--out", model().string(), "--backbone",
+        run_cli(*tmp_, {"fit", "--data", data().string(), "--out", model().string(), "--backbone",
                     "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1"}));
   }
   static void TearDownTestSuite() {
@@ -80,7 +59,7 @@ TempDir* Cli::tmp_ = nullptr;
 CmdResult* Cli::fit_ = nullptr;
 
 TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
-  CmdResult r = run(local_, {"info", model().string()});
+  CmdResult r = run_cli(local_, {"info", model().string()});
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["format"], "patchcore");
@@ -97,7 +76,7 @@ TEST_F(Cli, FitWritesAModelThatInfoDescribes) {
 // The AUROC `eval` reports for a model on the suite's data.
 double eval_auroc(const TempDir& tmp, const fs::path& model, const fs::path& data,
                   const fs::path& out) {
-  CmdResult r = run(tmp, {"eval", "--model", model.string(), "--data", data.string(), "--out",
+  CmdResult r = run_cli(tmp, {"eval", "--model", model.string(), "--data", data.string(), "--out",
                           out.string(), "--no-images"});
   EXPECT_EQ(r.code, 0) << r.err;
   return nlohmann::json::parse(read_bytes(out / "metrics.json"))["image_auroc"].get<double>();
@@ -106,11 +85,11 @@ double eval_auroc(const TempDir& tmp, const fs::path& model, const fs::path& dat
 TEST_F(Cli, UpdateWritesANewModelAndLeavesTheOldOneUntouched) {
   const std::string before = read_bytes(model());
   const fs::path grown = local_ / "grown.patchcore";
-  CmdResult r = run(local_, {"update", "--model", model().string(), "--data", data().string(),
+  CmdResult r = run_cli(local_, {"update", "--model", model().string(), "--data", data().string(),
                              "--out", grown.string(), "--max-rows", "5"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(read_bytes(model()), before);
-  CmdResult info = run(local_, {"info", grown.string()});
+  CmdResult info = run_cli(local_, {"info", grown.string()});
   ASSERT_EQ(info.code, 0) << info.err;
   const auto j = nlohmann::json::parse(info.out);
   ASSERT_EQ(j["history"].size(), 2u);
@@ -124,14 +103,14 @@ TEST_F(Cli, UpdateWritesANewModelAndLeavesTheOldOneUntouched) {
 TEST_F(Cli, UpdateAndMergeRefuseFoldersWithoutImagesNamingThem) {
   const fs::path empty = local_ / "empty";
   fs::create_directories(empty);
-  CmdResult r = run(local_, {"update", "--model", model().string(), "--data", empty.string(),
+  CmdResult r = run_cli(local_, {"update", "--model", model().string(), "--data", empty.string(),
                              "--out", (local_ / "m.patchcore").string()});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find(empty.string()), std::string::npos) << r.err;
-  r = run(local_, {"merge", empty.string(), "--out", (local_ / "m.patchcore").string()});
+  r = run_cli(local_, {"merge", empty.string(), "--out", (local_ / "m.patchcore").string()});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find(empty.string()), std::string::npos) << r.err;
-  r = run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m.patchcore").string(),
+  r = run_cli(local_, {"fit", "--data", data().string(), "--out", (local_ / "m.patchcore").string(),
                    "--shard", "3/3"});
   EXPECT_EQ(r.code, 2) << r.err;
 }
@@ -143,24 +122,24 @@ TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
   const fs::path single = local_ / "single.patchcore";
   std::vector<std::string> args = {"fit", "--out", single.string()};
   args.insert(args.end(), fit_args.begin(), fit_args.end());
-  ASSERT_EQ(run(local_, args).code, 0);
+  ASSERT_EQ(run_cli(local_, args).code, 0);
   // Three processes at once, as a job array would run them.
   std::string script;
   for (int i = 0; i < 3; ++i) {
-    script += quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore") + " fit --shard " +
+    script += shell_quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore") + " fit --shard " +
               std::to_string(i) + "/3 --out " +
-              quote((local_ / ("part" + std::to_string(i) + ".patchcore")).string());
+              shell_quote((local_ / ("part" + std::to_string(i) + ".patchcore")).string());
     for (const auto& a : fit_args) {
       script += ' ';
-      script += quote(a);
+      script += shell_quote(a);
     }
     script += " --threads 1 2>/dev/null >/dev/null & ";
   }
   script += "wait";
-  const std::string command = std::string("bash -c ").append(quote(script));
+  const std::string command = std::string("bash -c ").append(shell_quote(script));
   ASSERT_EQ(std::system(command.c_str()), 0);
   const fs::path merged = local_ / "merged.patchcore";
-  CmdResult r = run(local_, {"merge", (local_ / "part0.patchcore").string(),
+  CmdResult r = run_cli(local_, {"merge", (local_ / "part0.patchcore").string(),
                              (local_ / "part1.patchcore").string(),
                              (local_ / "part2.patchcore").string(), "--out", merged.string()});
   ASSERT_EQ(r.code, 0) << r.err;
@@ -174,29 +153,29 @@ TEST_F(Cli, ThreeShardsFittedAsSeparateProcessesMergeIntoAModelAsGoodAsOneFit) {
 TEST_F(Cli, FitBeyondMaxMemoryStreamsAndWritesTheSameModel) {
   const fs::path streamed = local_ / "streamed.patchcore";
   CmdResult r =
-      run(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
+      run_cli(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
                    "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
                    "0", "--max-memory", "12m", "--batch-size", "1"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("streaming"), std::string::npos) << r.err;
   const fs::path in_memory = local_ / "memory.patchcore";
-  r = run(local_, {"fit", "--data", data().string(), "--out", in_memory.string(), "--backbone",
+  r = run_cli(local_, {"fit", "--data", data().string(), "--out", in_memory.string(), "--backbone",
                    "mobilenet_v2", "--image-size", "160", "--coreset-ratio", "0.1", "--coreset-min",
                    "0", "--batch-size", "1"});
   ASSERT_EQ(r.code, 0) << r.err;
-  const auto a = nlohmann::json::parse(run(local_, {"info", streamed.string()}).out);
-  const auto b = nlohmann::json::parse(run(local_, {"info", in_memory.string()}).out);
+  const auto a = nlohmann::json::parse(run_cli(local_, {"info", streamed.string()}).out);
+  const auto b = nlohmann::json::parse(run_cli(local_, {"info", in_memory.string()}).out);
   EXPECT_EQ(a["memory_bank"], b["memory_bank"]);
   EXPECT_EQ(a["calibration"], b["calibration"]);
   EXPECT_EQ(a["coverage"], b["coverage"]);
-  r = run(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
+  r = run_cli(local_, {"fit", "--data", data().string(), "--out", streamed.string(), "--backbone",
                    "mobilenet_v2", "--image-size", "160", "--max-memory", "100k"});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find("fit in shards"), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, BenchReportsEveryStageAsJson) {
-  CmdResult r = run(local_, {"bench", "--data", data().string(), "--backbone", "mobilenet_v2",
+  CmdResult r = run_cli(local_, {"bench", "--data", data().string(), "--backbone", "mobilenet_v2",
                              "--image-size", "160", "--max-predict", "3", "--threads", "2"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -230,7 +209,7 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
 }
 
 TEST_F(Cli, BenchComparesTheEnginesOnTheSameInput) {
-  CmdResult r = run(local_, {"bench", "--compare-engines", "2", "--backbone", "inception_v3",
+  CmdResult r = run_cli(local_, {"bench", "--compare-engines", "2", "--backbone", "inception_v3",
                              "--image-size", "107", "--threads", "2"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -253,12 +232,12 @@ TEST_F(Cli, BenchComparesTheEnginesOnTheSameInput) {
       EXPECT_LT(d, 0.05) << layer;
     }
   }
-  EXPECT_EQ(run(local_, {"bench", "--threads", "2"}).code, 2);  // neither --data nor a comparison
+  EXPECT_EQ(run_cli(local_, {"bench", "--threads", "2"}).code, 2);  // neither --data nor a comparison
 }
 
 TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
   const fs::path out = local_ / "eval";
-  CmdResult r = run(local_, {"eval", "--model", model().string(), "--data", data().string(),
+  CmdResult r = run_cli(local_, {"eval", "--model", model().string(), "--data", data().string(),
                              "--out", out.string()});
   ASSERT_EQ(r.code, 0) << r.err;
   auto m = nlohmann::json::parse(read_bytes(out / "metrics.json"));
@@ -279,7 +258,7 @@ TEST_F(Cli, EvalFindsTheDefectsAndWritesEverything) {
 
 TEST_F(Cli, PredictPrintsOneJsonLinePerImageAndWritesHeatmaps) {
   const fs::path out = local_ / "pred";
-  CmdResult r = run(local_, {"predict", "--model", model().string(), "--out", out.string(),
+  CmdResult r = run_cli(local_, {"predict", "--model", model().string(), "--out", out.string(),
                              (data() / "test" / "good" / "000.png").string(),
                              (data() / "test" / "spot").string()});
   ASSERT_EQ(r.code, 0) << r.err;
@@ -305,7 +284,7 @@ std::map<std::string, double> predict_scores(const TempDir& local, const fs::pat
   std::vector<std::string> args{"predict", "--model", model.string()};
   args.insert(args.end(), options.begin(), options.end());
   args.push_back((data / "test" / "spot").string());
-  CmdResult r = run(local, args);
+  CmdResult r = run_cli(local, args);
   EXPECT_EQ(r.code, 0) << r.err;
   if (err != nullptr) *err = r.err;
   std::map<std::string, double> scores;
@@ -333,8 +312,8 @@ TEST_F(Cli, PredictEnginesAgree) {
     EXPECT_NEAR(s, bf16.at(path), 0.05 * std::abs(s)) << path;
   }
   const std::string dir = (data() / "test" / "spot").string();
-  EXPECT_EQ(run(local_, {"predict", "--model", model().string(), "--engine", "cuda", dir}).code, 2);
-  EXPECT_EQ(run(local_, {"predict", "--model", model().string(), "--precision", "fp16", dir}).code,
+  EXPECT_EQ(run_cli(local_, {"predict", "--model", model().string(), "--engine", "cuda", dir}).code, 2);
+  EXPECT_EQ(run_cli(local_, {"predict", "--model", model().string(), "--precision", "fp16", dir}).code,
             2);
 }
 
@@ -344,7 +323,7 @@ TEST_F(Cli, Bf16WithoutTheInstructionsRunsFp32AndSaysSo) {
   setenv("DNNL_MAX_CPU_ISA", "AVX2", 1);
   std::string err;
   const auto asked = predict_scores(local_, model(), data(), {"--precision", "bf16"}, &err);
-  CmdResult info = run(local_, {"info", model().string(), "--precision", "bf16"});
+  CmdResult info = run_cli(local_, {"info", model().string(), "--precision", "bf16"});
   unsetenv("DNNL_MAX_CPU_ISA");
   EXPECT_NE(err.find("precision bf16: oneDNN has no bf16 kernels"), std::string::npos) << err;
   EXPECT_NE(err.find("avx2"), std::string::npos) << err;
@@ -359,8 +338,8 @@ TEST_F(Cli, Bf16WithoutTheInstructionsRunsFp32AndSaysSo) {
 
 TEST_F(Cli, PredictThresholdOverridesTheModel) {
   const std::string img = (data() / "test" / "good" / "000.png").string();
-  CmdResult low = run(local_, {"predict", "--model", model().string(), "--threshold", "0", img});
-  CmdResult high = run(local_, {"predict", "--model", model().string(), "--threshold", "1e9", img});
+  CmdResult low = run_cli(local_, {"predict", "--model", model().string(), "--threshold", "0", img});
+  CmdResult high = run_cli(local_, {"predict", "--model", model().string(), "--threshold", "1e9", img});
   ASSERT_EQ(low.code, 0) << low.err;
   ASSERT_EQ(high.code, 0) << high.err;
   EXPECT_EQ(nlohmann::json::parse(low.out)["label"], "anomalous");
@@ -371,7 +350,7 @@ TEST_F(Cli, UnreadableImageIsReportedSkippedAndFlagged) {
   const fs::path bad = local_ / "broken.png";
   write_bytes(bad, "this is not a png");
   const std::string good = (data() / "test" / "good" / "000.png").string();
-  CmdResult r = run(local_, {"predict", "--model", model().string(), bad.string(), good});
+  CmdResult r = run_cli(local_, {"predict", "--model", model().string(), bad.string(), good});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("broken.png"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("000.png"), std::string::npos) << "the good image is still scored";
@@ -385,7 +364,7 @@ TEST_F(Cli, FitSkipsACorruptTrainingImage) {
                   folder / (std::to_string(i) + ".png"));
   std::string png = read_bytes(folder / "0.png");
   write_bytes(folder / "0.png", png.substr(0, png.size() / 2));  // truncated
-  CmdResult r = run(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
+  CmdResult r = run_cli(local_, {"fit", "--data", folder.string(), "--out", (local_ / "m").string(),
                              "--backbone", "mobilenet_v2", "--image-size", "64"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("0.png"), std::string::npos) << r.err;
@@ -394,30 +373,30 @@ TEST_F(Cli, FitSkipsACorruptTrainingImage) {
 
 TEST_F(Cli, BadInputGivesExitCode3AndNamesTheFile) {
   const fs::path missing = local_ / "nowhere";
-  CmdResult r = run(local_, {"fit", "--data", missing.string(), "--out", (local_ / "m").string()});
+  CmdResult r = run_cli(local_, {"fit", "--data", missing.string(), "--out", (local_ / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("nowhere"), std::string::npos) << r.err;
 
   fs::create_directories(local_ / "empty");
-  r = run(local_, {"fit", "--data", (local_ / "empty").string(), "--out", (local_ / "m").string()});
+  r = run_cli(local_, {"fit", "--data", (local_ / "empty").string(), "--out", (local_ / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(local_ / "m"));
 
-  r = run(local_,
+  r = run_cli(local_,
           {"fit", "--data", data().string(), "--out", (local_ / "no" / "dir" / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, UsageErrorsGiveExitCode2) {
-  EXPECT_EQ(run(local_, {"fit", "--data", data().string()}).code, 2);  // no --out
-  EXPECT_EQ(run(local_, {"frobnicate"}).code, 2);
-  EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
+  EXPECT_EQ(run_cli(local_, {"fit", "--data", data().string()}).code, 2);  // no --out
+  EXPECT_EQ(run_cli(local_, {"frobnicate"}).code, 2);
+  EXPECT_EQ(run_cli(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
                          "--coreset-ratio", "0"})
                 .code,
             2);
-  EXPECT_EQ(run(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
+  EXPECT_EQ(run_cli(local_, {"fit", "--data", data().string(), "--out", (local_ / "m").string(),
                          "--backbone", "resnet_9000"})
                 .code,
             3);
@@ -447,11 +426,11 @@ TEST_F(Cli, DamagedModelFilesAreRejectedWithExitCode3) {
   for (const Case& c : cases) {
     const fs::path file = local_ / (c.name + ".patchcore");
     write_bytes(file, c.bytes);
-    CmdResult r = run(local_, {"predict", "--model", file.string(), img.string()});
+    CmdResult r = run_cli(local_, {"predict", "--model", file.string(), img.string()});
     EXPECT_EQ(r.code, 3) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(file.filename().string()), std::string::npos) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.name << ": " << r.err;
-    EXPECT_EQ(run(local_, {"info", file.string()}).code, 3) << c.name;
+    EXPECT_EQ(run_cli(local_, {"info", file.string()}).code, 3) << c.name;
   }
 }
 
@@ -466,7 +445,7 @@ TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
   bytes[middle] = static_cast<char>(bytes[middle] ^ 0x5a);
   const fs::path file = local_ / "swapped.patchcore";
   write_bytes(file, bytes);
-  CmdResult r = run(local_, {"predict", "--model", file.string(),
+  CmdResult r = run_cli(local_, {"predict", "--model", file.string(),
                              (data() / "test" / "good" / "000.png").string()});
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find("backbone"), std::string::npos) << r.err;
@@ -476,10 +455,10 @@ TEST_F(Cli, ModelWhoseBackboneWasSwappedIsRejected) {
 TEST_F(Cli, EvalSaveThresholdRewritesTheModelAtomically) {
   const fs::path copy = local_ / "copy.patchcore";
   fs::copy_file(model(), copy);
-  CmdResult r = run(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
+  CmdResult r = run_cli(local_, {"eval", "--model", copy.string(), "--data", data().string(), "--out",
                              (local_ / "e").string(), "--no-images", "--save-threshold"});
   ASSERT_EQ(r.code, 0) << r.err;
-  CmdResult info = run(local_, {"info", copy.string()});
+  CmdResult info = run_cli(local_, {"info", copy.string()});
   ASSERT_EQ(info.code, 0);
   auto j = nlohmann::json::parse(info.out);
   EXPECT_EQ(j["calibration"]["source"], "f1");

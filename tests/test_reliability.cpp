@@ -16,34 +16,12 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using patchcore::ModelFileContents;
 using patchcore::testing::read_bytes;
+using patchcore::testing::CmdResult;
+using patchcore::testing::run_cli;
 using patchcore::testing::TempDir;
 using patchcore::testing::write_bytes;
 
 namespace {
-
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-CmdResult run(const TempDir& tmp, const std::vector<std::string>& args) {
-  std::string cmd = quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore");
-  for (const auto& a : args) cmd += " " + quote(a);
-  const fs::path out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_bytes(out);
-  r.err = read_bytes(err);
-  return r;
-}
 
 // A small data set and a small model (MobileNetV2 at 64 px) for the whole suite.
 class Reliability : public ::testing::Test {
@@ -57,7 +35,7 @@ class Reliability : public ::testing::Test {
     p.n_test_good = 2;
     p.n_per_defect = 1;
     patchcore::write_synthetic_dataset(data(), p);
-    fit_ = new CmdResult(run(*tmp_, fit_args(model())));
+    fit_ = new CmdResult(run_cli(*tmp_, fit_args(model())));
   }
   static void TearDownTestSuite() {
     delete fit_;
@@ -107,11 +85,11 @@ TempDir* Reliability::tmp_ = nullptr;
 CmdResult* Reliability::fit_ = nullptr;
 
 TEST_F(Reliability, VerifyAcceptsASoundModel) {
-  CmdResult r = run(local_, {"info", "--verify", model().string()});
+  CmdResult r = run_cli(local_, {"info", "--verify", model().string()});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("every byte matches its checksum"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(model().string()), std::string::npos) << r.out;
-  CmdResult info = run(local_, {"info", model().string()});
+  CmdResult info = run_cli(local_, {"info", model().string()});
   ASSERT_EQ(info.code, 0) << info.err;
   EXPECT_EQ(json::parse(info.out)["format_version"], patchcore::kModelFormatVersion);
 }
@@ -144,11 +122,11 @@ TEST_F(Reliability, VerifyNamesTheDamagedPart) {
     b[c.pos] = c.name == "grid" ? (b[c.pos] == '9' ? '8' : '9') : static_cast<char>(b[c.pos] ^ 4);
     const fs::path f = local_ / (c.name + ".patchcore");
     write_bytes(f, b);
-    CmdResult r = run(local_, {"info", "--verify", f.string()});
+    CmdResult r = run_cli(local_, {"info", "--verify", f.string()});
     EXPECT_EQ(r.code, 3) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(f.string()), std::string::npos) << c.name << ": " << r.err;
     EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.name << ": " << r.err;
-    EXPECT_EQ(run(local_, {"predict", "--model", f.string(), image().string()}).code, 3);
+    EXPECT_EQ(run_cli(local_, {"predict", "--model", f.string(), image().string()}).code, 3);
   }
 }
 
@@ -158,11 +136,11 @@ TEST_F(Reliability, CraftedGridIsRefusedBeforePredictIndexesWithIt) {
   for (const json& grid : {json{95, 8}, json{8, 7}, json{7, 8}, json{1, 1}}) {
     const fs::path f =
         crafted("grid", [&](ModelFileContents& c) { set_field(c, "grid", "", grid); });
-    CmdResult r = run(local_, {"predict", "--model", f.string(), image().string()});
+    CmdResult r = run_cli(local_, {"predict", "--model", f.string(), image().string()});
     EXPECT_EQ(r.code, 3) << grid << ": " << r.err;
     EXPECT_NE(r.err.find("grid"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find(f.string()), std::string::npos) << r.err;
-    EXPECT_EQ(run(local_, {"info", "--verify", f.string()}).code, 3) << grid;
+    EXPECT_EQ(run_cli(local_, {"info", "--verify", f.string()}).code, 3) << grid;
   }
 }
 
@@ -206,7 +184,7 @@ TEST_F(Reliability, CraftedValuesAreRefusedNamingTheField) {
     const fs::path f = crafted(c.entry + "_" + c.field, [&](ModelFileContents& m) {
       set_field(m, c.entry, c.field, c.value);
     });
-    CmdResult r = run(local_, {"predict", "--model", f.string(), image().string()});
+    CmdResult r = run_cli(local_, {"predict", "--model", f.string(), image().string()});
     EXPECT_EQ(r.code, 3) << c.entry << "." << c.field << " = " << c.value << ": " << r.err;
     EXPECT_NE(r.err.find(c.expect), std::string::npos)
         << c.entry << "." << c.field << ": " << r.err;
@@ -215,20 +193,20 @@ TEST_F(Reliability, CraftedValuesAreRefusedNamingTheField) {
   // A missing entry and a bank with a NaN in it.
   const fs::path no_grid =
       crafted("no_grid", [](ModelFileContents& m) { m.metadata.erase("grid"); });
-  CmdResult r = run(local_, {"info", no_grid.string()});
+  CmdResult r = run_cli(local_, {"info", no_grid.string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("'grid'"), std::string::npos) << r.err;
   const fs::path nan = crafted("nan", [](ModelFileContents& m) {
     m.f32.at("memory_bank").data[5] = std::numeric_limits<float>::quiet_NaN();
   });
-  r = run(local_, {"info", nan.string()});
+  r = run_cli(local_, {"info", nan.string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("memory_bank"), std::string::npos) << r.err;
   const fs::path wide = crafted("wide", [](ModelFileContents& m) {
     patchcore::Tensor& bank = m.f32.at("memory_bank");
     bank = patchcore::Tensor({bank.dim(0), bank.dim(1) + 1});
   });
-  r = run(local_, {"predict", "--model", wide.string(), image().string()});
+  r = run_cli(local_, {"predict", "--model", wide.string(), image().string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("dimensional"), std::string::npos) << r.err;
 }
@@ -256,7 +234,7 @@ TEST_F(Reliability, Kill9DuringMergeLeavesTheOldOrACompleteModel) {
     const fs::path part = local_ / ("part" + std::to_string(i) + ".patchcore");
     std::vector<std::string> args = fit_args(part);
     args.insert(args.end(), {"--shard", std::to_string(i) + "/2"});
-    const CmdResult r = run(local_, args);
+    const CmdResult r = run_cli(local_, args);
     ASSERT_EQ(r.code, 0) << r.err;
     merge.push_back(part.string());
   }
@@ -278,7 +256,7 @@ TEST_F(Reliability, FolderWithoutImagesIsAnErrorNamingIt) {
         {"eval", "--model", model().string(), "--data", empty.string(), "--out",
          (local_ / "e").string()},
         {"bench", "--data", empty.string(), "--backbone", "mobilenet_v2"}}) {
-    CmdResult r = run(local_, args);
+    CmdResult r = run_cli(local_, args);
     EXPECT_EQ(r.code, 3) << args[0] << ": " << r.err;
     EXPECT_NE(r.err.find(empty.string()), std::string::npos) << args[0] << ": " << r.err;
     EXPECT_NE(r.err.find("no images"), std::string::npos) << args[0] << ": " << r.err;
@@ -289,22 +267,22 @@ TEST_F(Reliability, FolderWithoutImagesIsAnErrorNamingIt) {
 
 TEST_F(Reliability, MissingOrWrongKindOfInputIsAnErrorNamingIt) {
   const fs::path missing = local_ / "nowhere";
-  CmdResult r = run(local_, {"predict", "--model", model().string(), missing.string()});
+  CmdResult r = run_cli(local_, {"predict", "--model", model().string(), missing.string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find(missing.string()), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;
 
   // A folder or an image given as the model, a model given as the data.
-  r = run(local_, {"predict", "--model", data().string(), image().string()});
+  r = run_cli(local_, {"predict", "--model", data().string(), image().string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("folder"), std::string::npos) << r.err;
-  r = run(local_, {"info", "--verify", image().string()});
+  r = run_cli(local_, {"info", "--verify", image().string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find(image().string()), std::string::npos) << r.err;
-  r = run(local_, {"fit", "--data", model().string(), "--out", (local_ / "m").string()});
+  r = run_cli(local_, {"fit", "--data", model().string(), "--out", (local_ / "m").string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find(model().string()), std::string::npos) << r.err;
-  r = run(local_, {"info", "--verify", missing.string()});
+  r = run_cli(local_, {"info", "--verify", missing.string()});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
 }

@@ -1,5 +1,8 @@
 #include "test_support.h"
 
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -47,6 +50,25 @@ std::string read_bytes(const fs::path& file) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+CmdResult run_cli(const TempDir& tmp, const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(std::string(PATCHCORE_BINARY_DIR) + "/patchcore");
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  const fs::path out = tmp / "stdout.txt", err = tmp / "stderr.txt";
+  cmd += " >" + shell_quote(out.string()) + " 2>" + shell_quote(err.string()) + " </dev/null";
+  const int status = std::system(cmd.c_str());
+  CmdResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_bytes(out);
+  r.err = read_bytes(err);
+  return r;
 }
 
 }  // namespace patchcore::testing

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "patchcore/patchcore.h"
 
@@ -29,6 +30,19 @@ std::filesystem::path shared_data_dir();
 
 /// build/backbones (set up by scripts/setup), or empty when missing.
 std::filesystem::path built_backbones_dir();
+
+/// What build/patchcore printed and returned.
+struct CmdResult {
+  int code = -1;
+  std::string out, err;
+};
+
+/// s as one word for /bin/sh (single quotes).
+std::string shell_quote(const std::string& s);
+
+/// Runs build/patchcore with args (each passed as one word), stdin from /dev/null, stdout and
+/// stderr captured through files in tmp.
+CmdResult run_cli(const TempDir& tmp, const std::vector<std::string>& args);
 
 /// Writes bytes to a file (for corrupt-file tests).
 void write_bytes(const std::filesystem::path& file, const std::string& bytes);

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "metrics.h"
+#include "server_metrics.h"
 #include "patchcore/patchcore.h"
 
 namespace patchcore::serve {

@@ -10,7 +10,7 @@
 
 #include "auth.h"
 #include "batcher.h"
-#include "metrics.h"
+#include "server_metrics.h"
 #include "repository.h"
 #include "server.h"
 

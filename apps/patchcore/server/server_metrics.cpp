@@ -1,4 +1,4 @@
-#include "metrics.h"
+#include "server_metrics.h"
 
 #include <sstream>
 

@@ -276,6 +276,18 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name,
 
 Image load_image(const fs::path& file) { return to_image(load_rgb(file), file.string()); }
 
+void write_bgr(const fs::path& file, const cv::Mat& bgr) {
+  std::error_code ec;
+  if (file.has_parent_path()) fs::create_directories(file.parent_path(), ec);
+  bool ok = false;
+  try {
+    ok = cv::imwrite(file.string(), bgr);
+  } catch (const cv::Exception& e) {
+    throw_bad_input(file.string(), std::string("cannot write the image: ") + e.what());
+  }
+  if (!ok) throw_bad_input(file.string(), "cannot write the image");
+}
+
 cv::Mat load_mask(const fs::path& file, int size) {
   const cv::Mat img = to_8bit(decode(file), file.string());
   // A colour mask marks defects in any colour: a pixel counts when one of its channels does.

@@ -27,6 +27,9 @@ Normalization normalization_from_string(const std::string& name);
 cv::Mat load_rgb(const std::filesystem::path& file);
 /// The same from encoded bytes (decode_image() of the public API), `name` in the messages.
 cv::Mat decode_rgb(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels);
+/// Writes a BGR(A) or grey image in the format its extension names, creating the folder. Throws
+/// Error(bad_input) naming the file when it cannot be written.
+void write_bgr(const std::filesystem::path& file, const cv::Mat& bgr);
 /// Throws Error(bad_input) naming the view when its size, channels, stride or data pointer are
 /// invalid.
 void check_view(const ImageView& view);

@@ -46,15 +46,7 @@ void write_image(const fs::path& file, const ImageView& image) {
   } else {
     bgr = view;
   }
-  std::error_code ec;
-  if (file.has_parent_path()) fs::create_directories(file.parent_path(), ec);
-  bool ok = false;
-  try {
-    ok = cv::imwrite(file.string(), bgr);
-  } catch (const cv::Exception& e) {
-    throw_bad_input(file.string(), std::string("cannot write the image: ") + e.what());
-  }
-  if (!ok) throw_bad_input(file.string(), "cannot write the image");
+  write_bgr(file, bgr);
 }
 
 Image heatmap_overlay(const Model& model, const Prediction& p, const ImageView& image) {

@@ -83,18 +83,6 @@ std::string fmt(const json& v, int digits = 4) {
   return v.is_null() ? "n/a" : fmt(v.get<double>(), digits);
 }
 
-void write_image(const fs::path& file, const cv::Mat& bgr) {
-  std::error_code ec;
-  fs::create_directories(file.parent_path(), ec);
-  bool ok = false;
-  try {
-    ok = cv::imwrite(file.string(), bgr);
-  } catch (const cv::Exception& e) {
-    throw_bad_input(file.string(), std::string("cannot write image: ") + e.what());
-  }
-  if (!ok) throw_bad_input(file.string(), "cannot write image");
-}
-
 // ---- charts ---------------------------------------------------------------------------------
 
 // Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi].
@@ -522,8 +510,8 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
           o.out_dir / "images" / (r.sample.kind.empty() ? "unknown" : r.sample.kind);
       const std::string stem = r.sample.image.stem().string();
       const auto [overlay, mask] = overlay_of(load_rgb(r.sample.image), r);
-      write_image(dir / (stem + ".png"), overlay);
-      write_image(dir / (stem + "_mask.png"), mask);
+      write_bgr(dir / (stem + ".png"), overlay);
+      write_bgr(dir / (stem + "_mask.png"), mask);
       r.overlay = relative_link(dir / (stem + ".png"), o.out_dir);
       r.mask = relative_link(dir / (stem + "_mask.png"), o.out_dir);
     }
@@ -675,7 +663,7 @@ EvalResult evaluate(const Model& model, const std::vector<Sample>& test, const E
         }
       }
       const std::string name = "gallery/" + id + "_" + std::to_string(i++) + ".png";
-      write_image(o.out_dir / name,
+      write_bgr(o.out_dir / name,
                   triptych(rgb, overlay_of(rgb, *r).first, gt, r->sample.label == 0));
       const bool wrong = r->predicted != (r->sample.label == 1);
       s << "<figure><div class='cols'><span>image</span><span>heatmap</span><span>"

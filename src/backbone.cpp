@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "backbone_ops.h"
+#include "dnnl_cpu.h"
 #include "error.h"
 #include "file_io.h"
 #include "keras_onnx.h"

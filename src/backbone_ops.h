@@ -85,9 +85,4 @@ std::unique_ptr<Backbone> try_dnnl_backbone(const std::vector<uint8_t>& onnx,
                                             const std::vector<std::string>& layers, int threads,
                                             bool bf16, std::string* why);
 
-/// Whether oneDNN runs bf16 kernels here (AVX-512 BF16 or AMX, within DNNL_MAX_CPU_ISA).
-bool dnnl_has_bf16();
-/// oneDNN's instruction set on this CPU, e.g. "avx512_core_bf16" or "avx2".
-std::string dnnl_isa_name();
-
 }  // namespace patchcore

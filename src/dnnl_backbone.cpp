@@ -30,11 +30,6 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-bool isa_has(dnnl::cpu_isa isa, dnnl::cpu_isa feature) {
-  return (static_cast<unsigned>(isa) & static_cast<unsigned>(feature)) ==
-         static_cast<unsigned>(feature);
-}
-
 // A zero Pad read only by convolutions becomes their padding (Keras' ZeroPadding2D before a
 // 'valid' convolution): one pass over memory less.
 void fold_pads(OpGraph& g) {
@@ -457,25 +452,6 @@ class DnnlBackbone : public Backbone {
 };
 
 }  // namespace
-
-bool dnnl_has_bf16() {
-  return isa_has(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core_bf16);
-}
-
-std::string dnnl_isa_name() {
-  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-  for (auto [feature, name] : {std::pair{dnnl::cpu_isa::avx512_core_amx, "avx512_core_amx"},
-                               {dnnl::cpu_isa::avx512_core_bf16, "avx512_core_bf16"},
-                               {dnnl::cpu_isa::avx512_core_vnni, "avx512_core_vnni"},
-                               {dnnl::cpu_isa::avx512_core, "avx512_core"},
-                               {dnnl::cpu_isa::avx2_vnni, "avx2_vnni"},
-                               {dnnl::cpu_isa::avx2, "avx2"},
-                               {dnnl::cpu_isa::avx, "avx"},
-                               {dnnl::cpu_isa::sse41, "sse41"}}) {
-    if (isa_has(isa, feature)) return name;
-  }
-  return "generic";
-}
 
 std::unique_ptr<Backbone> try_dnnl_backbone(const std::vector<uint8_t>& onnx,
                                             const std::vector<std::string>& layers, int threads,

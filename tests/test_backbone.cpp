@@ -14,6 +14,7 @@
 
 #include "backbone.h"
 #include "backbone_ops.h"
+#include "dnnl_cpu.h"
 #include "error.h"
 #include "keras_onnx.h"
 #include "sha256.h"

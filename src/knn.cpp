@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "bf16_screen.h"
 #include "blas.h"
 #include "error.h"
 #include "omp_threads.h"
@@ -223,6 +224,7 @@ struct NearestNeighbors::Impl {
   int threads = 0;
   std::vector<float> norms;  // ||b||^2 per bank row, computed once instead of per search
   std::optional<ProjectionBound> bound;
+  std::unique_ptr<Bf16Screen> screen;  // instead of FAISS where the bound is not used
   mutable std::atomic<int64_t> queries{0}, measured{0};
   // The coarse stage, while it pays (see search_bounded): off for good once the rows it lets
   // through cost more full bounds than its smaller cross term saves.
@@ -376,6 +378,10 @@ NearestNeighbors::NearestNeighbors(Tensor bank, const KnnOptions& options)
     impl_->bound = build_bound(b, options.proj_dim, options.coarse_dim, options.threads);
     if (impl_->bound) return;
   }
+  if (options.bf16_screen && bf16_screen_pays()) {
+    impl_->screen = std::make_unique<Bf16Screen>(impl_->bank);
+    return;
+  }
   impl_->norms.resize(static_cast<size_t>(b.dim(0)));
   OmpThreadsGuard guard(options.threads);
   faiss::fvec_norms_L2sqr(impl_->norms.data(), b.ptr(), static_cast<size_t>(b.dim(1)),
@@ -390,11 +396,15 @@ const Tensor& NearestNeighbors::bank() const { return impl_->bank; }
 int64_t NearestNeighbors::size() const { return impl_->bank.dim(0); }
 int64_t NearestNeighbors::dim() const { return impl_->bank.dim(1); }
 bool NearestNeighbors::bounded() const { return impl_->bound.has_value(); }
+const char* NearestNeighbors::method() const {
+  return impl_->bound ? "bounded" : impl_->screen ? "bf16 screen" : "brute force";
+}
 bool NearestNeighbors::coarse_stage() const {
   return impl_->bound && impl_->bound->coarse.dims < impl_->bound->p && impl_->coarse_on.load();
 }
 void NearestNeighbors::set_threads(int threads) { impl_->threads = threads; }
 double NearestNeighbors::exact_per_query() const {
+  if (impl_->screen) return impl_->screen->exact_per_query();
   const int64_t q = impl_->queries.load();
   return q > 0 ? static_cast<double>(impl_->measured.load()) / static_cast<double>(q) : 0.0;
 }
@@ -411,6 +421,11 @@ void NearestNeighbors::search(const float* queries, int64_t n, int k, float* sq_
     // from the caller's OpenMP setting: pin it to ours.
     OmpThreadsGuard guard(impl_->threads);
     impl_->search_bounded(queries, n, k, sq_dist, index);
+    return;
+  }
+  if (impl_->screen) {
+    OmpThreadsGuard guard(impl_->threads);
+    impl_->screen->search(queries, n, k, omp_get_max_threads(), sq_dist, index);
     return;
   }
   const int64_t d = bank.dim(1);

@@ -25,6 +25,13 @@ struct KnnOptions {
   /// magnetic_tile bank (9,726 x 1,056), 100 images' searches took 7.0-7.2 s (summed over
   /// threads) on 32 leading directions, 7.0-7.6 on 64, 7.4-8.6 on 16 and 9.6-10.9 without.
   int coarse_dim = 32;
+  /// Where the bf16 screen pays (bf16_screen_pays(): AMX), banks the bound does not take are
+  /// searched by Bf16Screen instead of FAISS's fp32 brute force: the same work in a bf16
+  /// matrix product, then the few rows it cannot rule out measured exactly. Its answer is
+  /// knn_reference()'s, so this changes the time only; false: FAISS (tests, comparisons).
+  /// On banks the bound takes the screen is slower (magnetic_tile's 9,726 rows: 55 against
+  /// 36 ms per image), so the bound keeps them.
+  bool bf16_screen = true;
 };
 
 class NearestNeighbors {
@@ -60,13 +67,15 @@ class NearestNeighbors {
   void set_threads(int threads);
   /// Whether search() uses the projection bound (see KnnOptions).
   bool bounded() const;
+  /// "bounded", "bf16 screen" or "brute force": how search() runs (see KnnOptions).
+  const char* method() const;
   /// Whether later searches take the coarse bound first (KnnOptions::coarse_dim). It starts on
   /// and goes off for good once, over at least 1,000 queries, more rows per query pass it than
   /// the time its smaller cross term saves would pay for in full bounds (M (p - coarse) /
   /// (40 p), from measured costs). It never changes an answer, only the time.
   bool coarse_stage() const;
-  /// Bank rows measured exactly per query, averaged over every bounded search so far (0 before
-  /// any); for benchmarks.
+  /// Bank rows measured exactly per query, averaged over every bounded or screened search so
+  /// far (0 before any, and for FAISS's brute force); for benchmarks.
   double exact_per_query() const;
   const Tensor& bank() const;
   int64_t size() const;

@@ -460,8 +460,12 @@ double Model::backbone_flops_per_image() const {
   return net->flops_per_image(impl_->input_size(), impl_->input_size());
 }
 
+std::string Model::knn_search() const {
+  return impl_->nn ? impl_->nn->method() : "brute force";
+}
+
 double Model::knn_exact_per_patch() const {
-  return impl_->nn && impl_->nn->bounded() ? impl_->nn->exact_per_query() : 0.0;
+  return impl_->nn ? impl_->nn->exact_per_query() : 0.0;
 }
 
 bool Model::knn_coarse_stage() const { return impl_->nn && impl_->nn->coarse_stage(); }

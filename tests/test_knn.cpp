@@ -1,9 +1,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
+#include "bf16_screen.h"
 #include "knn.h"
 #include "patchcore/patchcore.h"
 
@@ -313,6 +315,126 @@ TEST(Knn, SquaredDistanceIsAccurate) {
                (static_cast<long double>(a.ptr()[j]) - b.ptr()[j]);
     EXPECT_NEAR(squared_distance(a.ptr(), b.ptr(), d), static_cast<double>(exact),
                 static_cast<double>(exact) * (d / 8 + 3) * 0x1p-53);
+  }
+}
+
+// The bf16 screen (where the CPU has bf16 kernels): knn_reference's answer bit for bit, on
+// data where bf16's rounding is far coarser than the gaps between neighbours.
+#define SKIP_WITHOUT_BF16_SCREEN()                                                        \
+  if (!bf16_screen_available()) {                                                         \
+    GTEST_SKIP() << "oneDNN has no bf16 kernels on this CPU: the bf16 screen cannot run " \
+                    "here (FAISS's brute force is used)";                                 \
+  }
+
+Result run_screen(const Bf16Screen& screen, const Tensor& q, int k, int threads) {
+  Result r{std::vector<float>(q.dim(0) * k), std::vector<int64_t>(q.dim(0) * k)};
+  screen.search(q.ptr(), q.dim(0), k, threads, r.dist.data(), r.idx.data());
+  return r;
+}
+
+TEST(Bf16Screen, IsTheReferenceExactly) {
+  SKIP_WITHOUT_BF16_SCREEN();
+  struct Case {
+    int64_t m, n, d;
+    int k;
+  };
+  // One query; one partial block; several blocks with a partial last one; odd dimensions.
+  for (const Case& c : {Case{1, 1, 1, 1}, Case{7, 3, 5, 7}, Case{300, 19, 64, 1},
+                        Case{588, 600, 1056, 1}, Case{2000, 300, 130, 5}, Case{5000, 40, 256, 3}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "m=" << c.m << " n=" << c.n << " d=" << c.d << " k=" << c.k);
+    const Tensor bank = feature_like(c.m, c.d, 70);
+    const Tensor q = feature_like(c.n, c.d, 71);
+    const Bf16Screen screen(bank);
+    expect_identical(run_screen(screen, q, c.k, 2), run_reference(bank, q, c.k));
+    EXPECT_GE(screen.exact_per_query(), c.k);
+  }
+}
+
+TEST(Bf16Screen, SignedDataAndLargeOffsets) {
+  SKIP_WITHOUT_BF16_SCREEN();
+  // Signed values around a large common offset: the centring takes the offset out; without
+  // it the products' rounding would swamp the distances.
+  Tensor bank = random_matrix(1500, 200, 72);
+  for (float& v : bank.data) v = 1000.0f + v;
+  Tensor q = random_matrix(100, 200, 73);
+  for (float& v : q.data) v = 1000.0f + v;
+  const Bf16Screen screen(bank);
+  for (int k : {1, 4}) expect_identical(run_screen(screen, q, k, 2), run_reference(bank, q, k));
+  EXPECT_LT(screen.exact_per_query(), 1500.0 / 4);
+}
+
+TEST(Bf16Screen, NeighboursCloserThanBf16CanTellApart) {
+  SKIP_WITHOUT_BF16_SCREEN();
+  // 64 rows at almost the same distance from the query (differences near 1e-6 of it, far
+  // below bf16's 2^-8): the screen cannot order them, so it must measure them all, and the
+  // exact order (ties by index) decides. Plus duplicates of the query itself.
+  const int64_t d = 96;
+  Tensor bank = random_matrix(400, d, 74);
+  Tensor q({2, d});
+  for (int64_t j = 0; j < d; ++j) q.row(0)[j] = q.row(1)[j] = 0.5f;
+  for (int64_t r = 0; r < 64; ++r) {
+    for (int64_t j = 0; j < d; ++j) bank.row(100 + r)[j] = 0.5f + (j == r % d ? 1.0f : 0.0f);
+    bank.row(100 + r)[(r + 1) % d] += 1e-6f * static_cast<float>(r % 5);
+  }
+  std::copy_n(q.row(0), d, bank.row(390));
+  std::copy_n(q.row(0), d, bank.row(20));
+  const Bf16Screen screen(bank);
+  for (int k : {1, 2, 3, 10, 66}) {
+    SCOPED_TRACE(k);
+    const Result got = run_screen(screen, q, k, 1);
+    expect_identical(got, run_reference(bank, q, k));
+    EXPECT_EQ(got.idx[0], 20);
+    EXPECT_EQ(got.dist[0], 0.0f);
+  }
+}
+
+TEST(Bf16Screen, ThreadsAndBatchesDoNotChangeTheAnswer) {
+  SKIP_WITHOUT_BF16_SCREEN();
+  const Tensor bank = feature_like(3000, 160, 75);
+  const Tensor q = feature_like(1000, 160, 76);
+  const Bf16Screen screen(bank);
+  const Result two = run_screen(screen, q, 3, 2);
+  expect_identical(run_screen(screen, q, 3, 1), two);
+  // Query by query, as a single-image batch would.
+  Result one_by_one{std::vector<float>(3000), std::vector<int64_t>(3000)};
+  for (int64_t i = 0; i < 1000; ++i)
+    screen.search(q.row(i), 1, 3, 2, one_by_one.dist.data() + i * 3, one_by_one.idx.data() + i * 3);
+  expect_identical(one_by_one, two);
+}
+
+TEST(Bf16Screen, NonFiniteRowsAndQueriesAreMeasuredNotSkipped) {
+  SKIP_WITHOUT_BF16_SCREEN();
+  // Whatever the reference makes of a NaN or an infinity, the screen must not rule a row out
+  // on an interval it cannot trust: such rows and queries are measured exactly.
+  Tensor bank = feature_like(200, 32, 77);
+  bank.row(50)[3] = std::numeric_limits<float>::infinity();
+  Tensor q = feature_like(5, 32, 78);
+  q.row(2)[0] = std::numeric_limits<float>::infinity();
+  const Result got = run_screen(Bf16Screen(bank), q, 2, 1);
+  const Result ref = run_reference(bank, q, 2);
+  for (int64_t i : {0, 1, 3, 4}) {
+    EXPECT_EQ(got.idx[i * 2], ref.idx[i * 2]);
+    EXPECT_EQ(got.dist[i * 2], ref.dist[i * 2]);
+    EXPECT_NE(got.idx[i * 2], 50);
+  }
+  EXPECT_TRUE(std::isinf(got.dist[2 * 2]));
+}
+
+TEST(Bf16Screen, NearestNeighborsTakesItWhereItPays) {
+  const Tensor bank = feature_like(300, 64, 79);
+  const Tensor q = feature_like(50, 64, 80);
+  KnnOptions off{1, 0};
+  off.bf16_screen = false;
+  EXPECT_STREQ(NearestNeighbors(bank, off).method(), "brute force");
+  const NearestNeighbors automatic(bank, KnnOptions{2, 0});
+  EXPECT_STREQ(automatic.method(), bf16_screen_pays() ? "bf16 screen" : "brute force");
+  expect_identical(run(automatic, q, 2), run_reference(bank, q, 2));
+  // The bound keeps the banks it takes.
+  EXPECT_STREQ(NearestNeighbors(feature_like(2500, 256, 81), KnnOptions{2, 32, 1000}).method(),
+               "bounded");
+  if (!bf16_screen_available()) {
+    EXPECT_THROW(Bf16Screen{bank}, Error);
   }
 }
 

@@ -199,7 +199,7 @@ void add_bench(CLI::App& app) {
       // brute-force search would have to reach to keep up, not what the CPU executed.
       const double flops = 2.0 * grid * bank_rows * dim * static_cast<double>(knn->second.second);
       pj["knn_gflops"] = flops / knn->second.first / 1e9;
-      pj["knn_search"] = model.knn_exact_per_patch() > 0 ? "bounded" : "brute force";
+      pj["knn_search"] = model.knn_search();
       pj["knn_exact_rows_per_patch"] = model.knn_exact_per_patch();
       pj["knn_coarse_stage"] = model.knn_coarse_stage();
     }

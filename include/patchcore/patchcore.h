@@ -403,9 +403,13 @@ class Model {
   /// Floating-point operations of the backbone per image (multiply-adds count two), for
   /// benchmarks; 0 when unknown.
   double backbone_flops_per_image() const;
+  /// How the nearest-neighbour search runs, for benchmarks: "bounded" (a lower bound rules out
+  /// most of a large bank), "bf16 screen" (a bf16 matrix product rules out most rows, where the
+  /// CPU has bf16 kernels) or "brute force" (FAISS); all three give the same neighbours.
+  std::string knn_search() const;
   /// Bank rows whose distance was computed exactly per patch, averaged over the predictions so
-  /// far; 0 when the search is brute force (small banks) or before any prediction. For
-  /// benchmarks: the rest of the bank was ruled out by a lower bound.
+  /// far; 0 for FAISS's brute force or before any prediction. For benchmarks: the rest of the
+  /// bank was ruled out by the bound or the screen.
   double knn_exact_per_patch() const;
   /// Whether the bounded search still takes its coarse bound first (it turns that off where
   /// too many bank rows pass it); false for brute force. For benchmarks.

@@ -6,6 +6,7 @@
 #include "backbone.h"
 #include "blas.h"
 #include "call_threads.h"
+#include "dnnl_cpu.h"
 #include "error.h"
 #include "image.h"
 #include "keras_onnx.h"
@@ -126,6 +127,8 @@ void write_npy(const fs::path& file, const FeatureMap& map) {
   PATCHCORE_ASSERT(Tensor::count(t.shape) == t.numel());
   write_npy(file, t);
 }
+
+std::string dnnl_isa() { return dnnl_isa_name(); }
 
 double sgemm_gflops(int threads) {
   const int m = 4096, n = 1225, k = 1024;

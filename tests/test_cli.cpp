@@ -180,6 +180,9 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_GT(j["machine"]["sgemm_gflops"].get<double>(), 0.0);
+  const std::string isa = j["machine"]["dnnl_isa"];
+  EXPECT_FALSE(isa.empty());
+  EXPECT_TRUE(j["machine"]["flags"].is_array());
   // auto: oneDNN runs every operator here; bf16 where the CPU has it
   EXPECT_EQ(j["backbone"]["engine"], "dnnl");
   const std::string precision = j["backbone"]["precision"];
@@ -196,9 +199,10 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
   const int64_t rows = j["memory_bank"]["rows"].get<int64_t>();
   const int64_t dim = j["memory_bank"]["dim"].get<int64_t>();
   const bool bounded = rows >= 2048 && dim >= 512;
-  EXPECT_EQ(p["knn_search"], bounded ? "bounded" : "brute force");
+  const bool screened = !bounded && isa == "avx512_core_amx";  // bf16_screen_pays()
+  EXPECT_EQ(p["knn_search"], bounded ? "bounded" : screened ? "bf16 screen" : "brute force");
   const double exact = p["knn_exact_rows_per_patch"].get<double>();
-  if (bounded) {
+  if (bounded || screened) {
     EXPECT_GE(exact, 1.0);
     EXPECT_LE(exact, static_cast<double>(rows));
   } else {
@@ -206,6 +210,16 @@ TEST_F(Cli, BenchReportsEveryStageAsJson) {
     EXPECT_FALSE(p["knn_coarse_stage"].get<bool>());
   }
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
+
+  // A bank too small for the bound: the bf16 screen where it pays, else FAISS.
+  r = run_cli(local_, {"bench", "--data", data().string(), "--backbone", "mobilenet_v2",
+                       "--image-size", "160", "--max-predict", "2", "--threads", "2",
+                       "--coreset-min", "500"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto small = nlohmann::json::parse(r.out);
+  EXPECT_EQ(small["memory_bank"]["rows"].get<int64_t>(), 500);
+  EXPECT_EQ(small["predict"]["knn_search"],
+            isa == "avx512_core_amx" ? "bf16 screen" : "brute force");
 }
 
 TEST_F(Cli, BenchComparesTheEnginesOnTheSameInput) {

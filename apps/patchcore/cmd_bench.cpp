@@ -8,6 +8,9 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "cli.h"
@@ -24,12 +27,33 @@ double peak_rss_mb() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
-std::string cpu_model() {
+std::string cpuinfo_field(const std::string& name) {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
   while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+    if (line.rfind(name, 0) == 0 && line.find(':') != std::string::npos)
+      return line.substr(line.find(':') + 2);
   return "unknown";
+}
+
+// The CPU flags the engines dispatch on, as lscpu names them: every figure is read with them.
+std::vector<std::string> vector_flags() {
+  static const std::set<std::string> wanted = {
+      "avx2",        "fma",         "avx512f",  "avx512bw", "avx512vl", "avx512_vnni",
+      "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8"};
+  std::istringstream flags(cpuinfo_field("flags"));
+  std::vector<std::string> out;
+  for (std::string f; flags >> f;)
+    if (wanted.count(f) != 0) out.push_back(f);
+  return out;
+}
+
+json machine_json(int threads) {
+  return {{"cpu", cpuinfo_field("model name")},
+          {"cores", sysconf(_SC_NPROCESSORS_ONLN)},
+          {"flags", vector_flags()},
+          {"dnnl_isa", dnnl_isa()},
+          {"sgemm_gflops", sgemm_gflops(threads)}};
 }
 
 struct Stages {
@@ -138,9 +162,7 @@ void add_bench(CLI::App& app) {
     if (s->compare_engines < 0) throw_usage("--compare-engines must be >= 0");
     if (s->compare_engines > 0) {
       json out = compare_engines(params, s->compare_engines);
-      out["machine"] = {{"cpu", cpu_model()},
-                        {"cores", sysconf(_SC_NPROCESSORS_ONLN)},
-                        {"sgemm_gflops", sgemm_gflops(params.threads)}};
+      out["machine"] = machine_json(params.threads);
       std::cout << out.dump(2) << "\n";
       return;
     }
@@ -175,9 +197,7 @@ void add_bench(CLI::App& app) {
     const int64_t dim = info["memory_bank"]["dim"].get<int64_t>();
     const int64_t grid = info["grid"][0].get<int64_t>() * info["grid"][1].get<int64_t>();
     json out;
-    out["machine"] = {{"cpu", cpu_model()},
-                      {"cores", sysconf(_SC_NPROCESSORS_ONLN)},
-                      {"sgemm_gflops", sgemm_gflops(params.threads)}};
+    out["machine"] = machine_json(params.threads);
     out["settings"] = info["params"];
     out["backbone"] = info["backbone"];
     out["memory_bank"] = info["memory_bank"];

@@ -587,4 +587,9 @@ std::string import_torchvision(const std::string& arch, const std::filesystem::p
 /// the yardstick of benchmarks.
 double sgemm_gflops(int threads);
 
+/// The instruction set oneDNN runs on here (within DNNL_MAX_CPU_ISA), e.g. "avx512_core_amx",
+/// "avx512_core_bf16" or "avx2": what the dnnl engine's kernels and the nearest-neighbour
+/// search's bf16 screen use. For benchmarks.
+std::string dnnl_isa();
+
 }  // namespace patchcore

@@ -324,6 +324,43 @@ TEST_F(Serve, ScoresEqualPredict) {
                       raw["data"][2].get<double>()}));
 }
 
+TEST_F(Serve, EngineAndPrecisionAreTheServersChoice) {
+  // bf16 where the CPU has it (else fp32 with a warning): the scores equal predict's with the
+  // same option, whichever ran.
+  const fs::path model = dir() / "models" / "a.patchcore";
+  std::istringstream lines(run_cli({"predict", "--model", model.string(), "--threads", "2",
+                                    "--precision", "bf16", (dir() / "test").string()},
+                                   dir() / "predict_bf16.txt"));
+  std::map<std::string, double> expected;
+  for (std::string line; std::getline(lines, line);) {
+    const json j = json::parse(line);
+    expected[fs::path(j["path"].get<std::string>()).filename().string()] = j["score"];
+  }
+  ASSERT_EQ(expected.size(), images_.size());
+  const std::string isa = patchcore::dnnl_isa();
+  if (isa == "avx512_core_amx" || isa == "avx512_core_bf16") {
+    double moved = 0;  // bf16 ran: the scores are not fp32's, so the server's equality means it
+    for (const auto& [name, score] : expected)  // ran bf16 too
+      moved = std::max(moved, std::abs(score - cli_.at(name).score));
+    EXPECT_GT(moved, 1e-5);
+  }
+  Server bf16(dir() / "models", dir() / "server_bf16.log", {"--precision", "bf16"});
+  ASSERT_GT(bf16.port(), 0) << read_bytes(dir() / "server_bf16.log");
+  auto c = bf16.client();
+  auto r = post_json(c, "/v2/models/a/infer", base64_request(images_));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json raw = output(json::parse(r->body), "raw_score");
+  for (size_t i = 0; i < images_.size(); ++i)
+    EXPECT_NEAR(raw["data"][i].get<double>(), expected.at(images_[i].filename().string()), 1e-6)
+        << images_[i];
+  // A value outside the choices is refused before anything is served.
+  Server bad(dir() / "models", dir() / "server_bad.log", {"--precision", "fp8"});
+  EXPECT_LE(bad.port(), 0);
+  EXPECT_EQ(bad.stop(), 2);
+  EXPECT_NE(read_bytes(dir() / "server_bad.log").find("--precision"), std::string::npos);
+}
+
 TEST_F(Serve, BinaryExtensionMapsAndMask) {
   auto c = client();
   const json outputs = {{{"name", "raw_score"}},

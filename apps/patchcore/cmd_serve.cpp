@@ -11,6 +11,8 @@ void add_serve(CLI::App& app) {
       "a web page at /, Prometheus metrics at /metrics");
   auto o = std::make_shared<serve::ServerOptions>();
   auto wait_ms = std::make_shared<double>(2.0);
+  auto engine = std::make_shared<std::string>(to_string(o->engine));
+  auto precision = std::make_shared<std::string>(to_string(o->precision));
   cmd->add_option("--models", o->models, "folder of *.patchcore files, served under their names")
       ->required();
   cmd->add_option("--host", o->host, "address to listen on (loopback unless you mean otherwise)")
@@ -19,6 +21,8 @@ void add_serve(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
   cmd->add_option("--threads", o->threads, "engine threads (0: all cores)")->capture_default_str();
+  add_engine_option(*cmd, *engine)->capture_default_str();
+  add_precision_option(*cmd, *precision)->capture_default_str();
   cmd->add_option("--api-key-file", o->api_key_file,
                   "file whose first line is the key every request must carry "
                   "(Authorization: Bearer <key>); the page and health probes stay open");
@@ -42,7 +46,9 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--connections", o->connections, "connections served at once")
       ->capture_default_str()
       ->check(CLI::Range(2, 4096));
-  cmd->callback([o, wait_ms] {
+  cmd->callback([o, wait_ms, engine, precision] {
+    o->engine = engine_from_string(*engine);
+    o->precision = precision_from_string(*precision);
     o->batch_wait = std::chrono::microseconds(static_cast<int64_t>(*wait_ms * 1000));
     serve::run_server(*o);
   });

@@ -417,11 +417,13 @@ class Model {
   /// Sets the thread count of later predictions (as Params::threads; 0: all cores, shared).
   /// Throws Error(usage) when negative.
   void set_threads(int threads);
-  /// Chooses what runs the backbone for later predictions (a loaded model starts automatic).
+  /// Chooses what runs the backbone for later predictions (a loaded model starts at Params'
+  /// default, automatic).
   void set_engine(BackboneEngine engine);
   /// "dnnl" or "opencv": the engine that runs (or will run) the backbone.
   std::string backbone_engine() const;
-  /// Chooses the backbone's arithmetic for later predictions (a loaded model starts automatic).
+  /// Chooses the backbone's arithmetic for later predictions (a loaded model starts at Params'
+  /// default, fp32: precision is not stored in the file).
   void set_precision(Precision precision);
   /// "fp32" or "bf16": what the backbone runs (or will run) in.
   std::string backbone_precision() const;

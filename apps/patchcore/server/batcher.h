@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "server_metrics.h"
 #include "patchcore/patchcore.h"
+#include "server_metrics.h"
 
 namespace patchcore::serve {
 

@@ -24,7 +24,8 @@ std::vector<std::string> model_files(const fs::path& dir) {
 
 }  // namespace
 
-Repository::Repository(fs::path dir, int threads) : dir_(std::move(dir)), threads_(threads) {}
+Repository::Repository(fs::path dir, int threads, BackboneEngine engine, Precision precision)
+    : dir_(std::move(dir)), threads_(threads), engine_(engine), precision_(precision) {}
 
 bool Repository::valid_name(const std::string& name) {
   if (name.empty() || name.size() > 200 || name[0] == '.') return false;
@@ -42,6 +43,8 @@ std::shared_ptr<const Model> Repository::read(const fs::path& file,
                                               const Callbacks& callbacks) const {
   Model model = Model::load(file, callbacks);
   model.set_threads(threads_);
+  model.set_engine(engine_);
+  model.set_precision(precision_);
   return std::make_shared<const Model>(std::move(model));
 }
 

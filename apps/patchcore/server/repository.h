@@ -16,8 +16,10 @@ namespace patchcore::serve {
 
 class Repository {
  public:
-  /// Serves the folder `dir`; loaded models predict on `threads` threads (0: all cores).
-  Repository(std::filesystem::path dir, int threads);
+  /// Serves the folder `dir`; loaded models predict on `threads` threads (0: all cores), with
+  /// the backbone on `engine` in `precision`.
+  Repository(std::filesystem::path dir, int threads, BackboneEngine engine = Params{}.engine,
+             Precision precision = Params{}.precision);
 
   /// Loads every model of the folder. Throws Error(bad_input) naming the folder when it is
   /// missing, or a file that cannot be loaded.
@@ -48,6 +50,8 @@ class Repository {
 
   std::filesystem::path dir_;
   int threads_;
+  BackboneEngine engine_;
+  Precision precision_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<const Model>> models_;
 };

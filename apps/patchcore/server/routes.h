@@ -10,9 +10,9 @@
 
 #include "auth.h"
 #include "batcher.h"
-#include "server_metrics.h"
 #include "repository.h"
 #include "server.h"
+#include "server_metrics.h"
 
 namespace patchcore::serve {
 

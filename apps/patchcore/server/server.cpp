@@ -76,7 +76,7 @@ void run_server(const ServerOptions& o) {
   };
   std::optional<ApiKey> key;
   if (!o.api_key_file.empty()) key = ApiKey::from_file(o.api_key_file);
-  Repository repository(o.models, o.threads);
+  Repository repository(o.models, o.threads, o.engine, o.precision);
   repository.load_all(log);
   Metrics metrics;
   Batcher batcher({resolve_max_batch(o, repository), o.batch_wait, o.max_queue}, metrics);

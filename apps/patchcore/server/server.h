@@ -6,14 +6,18 @@
 #include <filesystem>
 #include <string>
 
+#include "patchcore/patchcore.h"
+
 namespace patchcore::serve {
 
 struct ServerOptions {
   std::filesystem::path models;  ///< folder of *.patchcore files, served under their stems
   std::string host = "127.0.0.1";
-  int port = 8000;                     ///< 0: any free port (printed on the first line of stdout)
-  int threads = 0;                     ///< engine threads; 0: all cores
-  std::filesystem::path api_key_file;  ///< empty: no key required
+  int port = 8000;  ///< 0: any free port (printed on the first line of stdout)
+  int threads = 0;  ///< engine threads; 0: all cores
+  BackboneEngine engine = Params{}.engine;   ///< what runs the backbones
+  Precision precision = Params{}.precision;  ///< their arithmetic
+  std::filesystem::path api_key_file;        ///< empty: no key required
   size_t max_body = size_t{64} << 20;
   int64_t max_pixels = 50'000'000;
   size_t max_queue = 64;

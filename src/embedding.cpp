@@ -97,27 +97,6 @@ void plan_paper(std::vector<LayerPlan>& plans, const EmbeddingParams& p) {
   }
 }
 
-// Concat mode: output channel = one input channel averaged over its p x p neighbourhood, zero
-// padding counted (torch avg_pool2d's count_include_pad = true).
-void plan_concat(std::vector<LayerPlan>& plans, const EmbeddingParams& p, int64_t dim) {
-  const int64_t pad = p.patch_size / 2;
-  const float w = 1.0f / static_cast<float>(p.patch_size * p.patch_size);
-  int64_t offset = 0;
-  for (auto& plan : plans) {
-    plan.start.assign(dim + 1, 0);
-    for (int64_t t = 0; t < dim; ++t) {
-      const int64_t c = t - offset;
-      if (c >= 0 && c < plan.shape.c) {
-        for (int32_t dy = -static_cast<int32_t>(pad); dy <= pad; ++dy)
-          for (int32_t dx = -static_cast<int32_t>(pad); dx <= pad; ++dx)
-            plan.taps.push_back({static_cast<int32_t>(c), dy, dx, w});
-      }
-      plan.start[t + 1] = static_cast<int64_t>(plan.taps.size());
-    }
-    offset += plan.shape.c;
-  }
-}
-
 // q[h, w] += sum over taps of w * shift(src channel c, dy, dx).
 void apply_taps(const Tap* begin, const Tap* end, const float* image, const Shape& s, float* q) {
   const int64_t h = s.h, w = s.w;
@@ -152,6 +131,252 @@ void resize_add(const float* q, const LayerPlan& plan, int64_t H, int64_t W, flo
     const float* b = tmp + l.i1 * W;
     float* o = out + y * W;
     for (int64_t x = 0; x < W; ++x) o[x] += l.w0 * a[x] + l.w1 * b[x];
+  }
+}
+
+// ---- concat mode: channel-last blocks ----
+//
+// A concat unit is one image and a block of at most kLanes channels of one layer. It works
+// channel-last ([pixel, kLanes]): only the input block is transposed (layers deeper than the
+// first are smaller than their share of the output), every later step is a contiguous
+// kLanes-wide vector operation, and the last one writes straight into the row-major output.
+constexpr int64_t kLanes = 16;
+
+// t[pix, c] = src[c, pix] for c < nc; lanes nc.. are zero so that later steps can run full width.
+__attribute__((target_clones("avx2", "default"))) void gather_block(const float* src, int64_t hw,
+                                                                    int64_t nc, float* t) {
+  for (int64_t pix = 0; pix < hw; ++pix) {
+    float* tr = t + pix * kLanes;
+    for (int64_t c = 0; c < kLanes; ++c) tr[c] = c < nc ? src[c * hw + pix] : 0.0f;
+  }
+}
+
+// r[y, x] = sum of t[y, x + d] over |d| <= pad inside the row (the row half of a box sum; zero
+// padding contributes nothing).
+__attribute__((target_clones("avx2", "default"))) void box_rows(const float* t, int64_t h,
+                                                                int64_t w, int64_t pad, float* r) {
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x) {
+      const int64_t x0 = std::max<int64_t>(0, x - pad), x1 = std::min(w, x + pad + 1);
+      float acc[kLanes] = {};
+      for (int64_t xx = x0; xx < x1; ++xx) {
+        const float* v = t + (y * w + xx) * kLanes;
+        for (int64_t c = 0; c < kLanes; ++c) acc[c] += v[c];
+      }
+      std::copy(acc, acc + kLanes, r + (y * w + x) * kLanes);
+    }
+}
+
+// dst[pix * ld + c] = scale * sum of r[y + d, x] over |d| <= pad inside the grid, c < nc (the
+// column half; dst is either the output itself or a kLanes-wide plane for resizing).
+__attribute__((target_clones("avx2", "default"))) void box_cols(const float* r, int64_t h,
+                                                                int64_t w, int64_t pad, float scale,
+                                                                float* dst, int64_t ld,
+                                                                int64_t nc) {
+  for (int64_t y = 0; y < h; ++y) {
+    const int64_t y0 = std::max<int64_t>(0, y - pad), y1 = std::min(h, y + pad + 1);
+    for (int64_t x = 0; x < w; ++x) {
+      float acc[kLanes] = {};
+      for (int64_t yy = y0; yy < y1; ++yy) {
+        const float* v = r + (yy * w + x) * kLanes;
+        for (int64_t c = 0; c < kLanes; ++c) acc[c] += v[c];
+      }
+      float* d = dst + (y * w + x) * ld;
+      for (int64_t c = 0; c < nc; ++c) d[c] = scale * acc[c];
+    }
+  }
+}
+
+// out[X * D + c] = q sampled bilinearly at (Y, X) of the first grid, c < nc, X < W: one output
+// row of a layer on a coarser (or finer) grid; q is the layer's [h, w, nc] box sums.
+__attribute__((target_clones("avx2", "default"))) void resize_row(const float* q,
+                                                                  const LayerPlan& plan, int64_t Y,
+                                                                  int64_t W, int64_t nc, float* out,
+                                                                  int64_t D) {
+  const int64_t w = plan.shape.w;
+  const Lerp& ly = plan.ly[Y];
+  const float wy0 = ly.w0, wy1 = ly.w1;
+  for (int64_t x = 0; x < W; ++x) {
+    const Lerp& lx = plan.lx[x];
+    const float wx0 = lx.w0, wx1 = lx.w1;
+    const float* a0 = q + (ly.i0 * w + lx.i0) * nc;
+    const float* a1 = q + (ly.i0 * w + lx.i1) * nc;
+    const float* b0 = q + (ly.i1 * w + lx.i0) * nc;
+    const float* b1 = q + (ly.i1 * w + lx.i1) * nc;
+    float* __restrict o = out + x * D;
+    for (int64_t c = 0; c < nc; ++c)
+      o[c] = wy0 * (wx0 * a0[c] + wx1 * a1[c]) + wy1 * (wx0 * b0[c] + wx1 * b1[c]);
+  }
+}
+
+// Layers, their grids relative to the first one, and the scratch sizes their resizing needs.
+struct Plans {
+  std::vector<LayerPlan> layers;
+  int64_t max_hw = 0;   // largest h * w of a layer that is resized
+  int64_t max_tmp = 0;  // largest h * W of a layer that is resized
+};
+
+Plans make_plans(const std::vector<Shape>& shapes) {
+  const int64_t H = shapes[0].h, W = shapes[0].w;
+  Plans plans;
+  plans.layers.resize(shapes.size());
+  for (size_t l = 0; l < shapes.size(); ++l) {
+    LayerPlan& plan = plans.layers[l];
+    plan.shape = shapes[l];
+    plan.same_grid = shapes[l].h == H && shapes[l].w == W;
+    if (!plan.same_grid) {
+      plan.ly = lerp_table(shapes[l].h, H);
+      plan.lx = lerp_table(shapes[l].w, W);
+      plans.max_hw = std::max(plans.max_hw, shapes[l].h * shapes[l].w);
+      plans.max_tmp = std::max(plans.max_tmp, shapes[l].h * W);
+    }
+  }
+  return plans;
+}
+
+// Threads cost more than they save on tiny inputs (and on a loaded machine); work counts the
+// multiply-adds of the tap formulation, whichever path runs.
+bool use_threads(int64_t n_units, int64_t N, int64_t work) {
+  return n_units > 1 && N * work > (int64_t{1} << 18);
+}
+
+// Paper mode (any tap plan). Work unit: one image and a block of output channels, computed as
+// planes (so the shifted accumulations vectorise) and then transposed into the row-major patch
+// matrix.
+void embed_taps(const std::vector<Tensor>& features, const Plans& plans, int64_t D, float* out) {
+  const Shape& s0 = plans.layers[0].shape;
+  const int64_t N = s0.n, H = s0.h, W = s0.w, HW = H * W;
+  constexpr int64_t kBlock = 16;
+  const int64_t n_blocks = (D + kBlock - 1) / kBlock;
+  const int64_t n_units = N * n_blocks;
+  int64_t work = 0;
+  for (const LayerPlan& plan : plans.layers)
+    work += static_cast<int64_t>(plan.taps.size()) * plan.shape.h * plan.shape.w;
+#pragma omp parallel if (use_threads(n_units, N, work))
+  {
+    std::vector<float> buf(kBlock * HW), q(plans.max_hw), tmp(plans.max_tmp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < n_units; ++unit) {
+      const int64_t n = unit / n_blocks;
+      const int64_t t0 = (unit % n_blocks) * kBlock;
+      const int64_t nt = std::min(kBlock, D - t0);
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      for (size_t l = 0; l < plans.layers.size(); ++l) {
+        const LayerPlan& plan = plans.layers[l];
+        const Shape& s = plan.shape;
+        const float* image = features[l].ptr() + n * s.c * s.h * s.w;
+        for (int64_t i = 0; i < nt; ++i) {
+          const Tap* b = plan.taps.data() + plan.start[t0 + i];
+          const Tap* e = plan.taps.data() + plan.start[t0 + i + 1];
+          if (b == e) continue;
+          float* plane = buf.data() + i * HW;
+          if (plan.same_grid) {
+            apply_taps(b, e, image, s, plane);
+          } else {
+            std::fill(q.begin(), q.begin() + s.h * s.w, 0.0f);
+            apply_taps(b, e, image, s, q.data());
+            resize_add(q.data(), plan, H, W, tmp.data(), plane);
+          }
+        }
+      }
+      for (int64_t pix = 0; pix < HW; ++pix) {
+        float* row = out + (n * HW + pix) * D + t0;
+        for (int64_t i = 0; i < nt; ++i) row[i] = buf[i * HW + pix];
+      }
+    }
+  }
+}
+
+// A concat unit's channels: [c0, c0 + nc) of one layer, written to output columns [col, ...).
+struct ChannelBlock {
+  size_t layer;
+  int64_t c0, nc, col;
+};
+
+std::vector<ChannelBlock> channel_blocks(const Plans& plans) {
+  std::vector<ChannelBlock> blocks;
+  int64_t col = 0;
+  for (size_t l = 0; l < plans.layers.size(); ++l) {
+    const int64_t c = plans.layers[l].shape.c;
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes)
+      blocks.push_back({l, c0, std::min(kLanes, c - c0), col + c0});
+    col += c;
+  }
+  return blocks;
+}
+
+// Per-thread scratch of the box sums, [pixel, kLanes] each.
+struct BoxScratch {
+  std::vector<float> t, r;
+};
+
+// Box sums of one block of one image's channels on the layer's own grid: p x p, separable (rows,
+// then columns with the 1 / (p * p) scale), into q's columns [c0, c0 + nc) ([h, w, c] layout).
+void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b, int64_t pad,
+               float scale, BoxScratch& s, float* q) {
+  const Shape& sh = plan.shape;
+  const int64_t hw = sh.h * sh.w;
+  gather_block(image + b.c0 * hw, hw, b.nc, s.t.data());
+  box_rows(s.t.data(), sh.h, sh.w, pad, s.r.data());
+  box_cols(s.r.data(), sh.h, sh.w, pad, scale, q + b.c0, sh.c, b.nc);
+}
+
+// Output row Y of one image: per layer, its box sums at (Y, X), copied when the layer is on the
+// first grid and bilinearly sampled otherwise.
+void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t Y, int64_t W, int64_t D,
+                  float* out) {
+  int64_t col = 0;
+  for (size_t l = 0; l < plans.layers.size(); ++l) {
+    const LayerPlan& plan = plans.layers[l];
+    const int64_t c = plan.shape.c;
+    if (plan.same_grid) {
+      for (int64_t x = 0; x < W; ++x) std::copy_n(q[l] + (Y * W + x) * c, c, out + x * D + col);
+    } else {
+      resize_row(q[l], plan, Y, W, c, out + col, D);
+    }
+    col += c;
+  }
+}
+
+// Concat mode, image by image in two parallel steps: units of channel blocks compute every
+// layer's box sums channel-last, then units of output rows assemble them. Both steps read and
+// write contiguous channel runs; in particular the output is written row after row, not in
+// strided channel blocks.
+void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int patch_size,
+                  int64_t D, float* out) {
+  const Shape& s0 = plans.layers[0].shape;
+  const int64_t N = s0.n, H = s0.h, W = s0.w, HW = H * W;
+  const int64_t pad = patch_size / 2, pp = int64_t{patch_size} * patch_size;
+  const float scale = 1.0f / static_cast<float>(pp);
+  const std::vector<ChannelBlock> blocks = channel_blocks(plans);
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
+  int64_t work = 0, max_own = 0;
+  std::vector<std::vector<float>> q_store;
+  std::vector<float*> q;
+  for (const LayerPlan& plan : plans.layers) {
+    const int64_t own = plan.shape.h * plan.shape.w;
+    work += plan.shape.c * pp * own;
+    max_own = std::max(max_own, own);
+    q_store.emplace_back(plan.shape.c * own);
+    q.push_back(q_store.back().data());
+  }
+#pragma omp parallel if (use_threads(N * n_blocks, N, work))
+  {
+    BoxScratch s;
+    s.t.resize(max_own * kLanes);
+    s.r.resize(max_own * kLanes);
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        const ChannelBlock& b = blocks[i];
+        const LayerPlan& plan = plans.layers[b.layer];
+        const Shape& sh = plan.shape;
+        const float* image = features[b.layer].ptr() + n * sh.c * sh.h * sh.w;
+        box_block(image, plan, b, pad, scale, s, q[b.layer]);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t y = 0; y < H; ++y) assemble_row(q, plans, y, W, D, out + (n * HW + y * W) * D);
+    }
   }
 }
 
@@ -238,68 +463,12 @@ void embed_into(const std::vector<Tensor>& features, const EmbeddingParams& p, f
   std::vector<int64_t> channels;
   for (const Shape& s : shapes) channels.push_back(s.c);
   const int64_t D = embedding_dim(channels, p);
-  const int64_t N = shapes[0].n, H = shapes[0].h, W = shapes[0].w, HW = H * W;
-
-  std::vector<LayerPlan> plans(shapes.size());
-  int64_t max_hw = 0, max_tmp = 0;
-  for (size_t l = 0; l < shapes.size(); ++l) {
-    LayerPlan& plan = plans[l];
-    plan.shape = shapes[l];
-    plan.same_grid = shapes[l].h == H && shapes[l].w == W;
-    if (!plan.same_grid) {
-      plan.ly = lerp_table(shapes[l].h, H);
-      plan.lx = lerp_table(shapes[l].w, W);
-      max_hw = std::max(max_hw, shapes[l].h * shapes[l].w);
-      max_tmp = std::max(max_tmp, shapes[l].h * W);
-    }
-  }
-  if (p.mode == EmbeddingMode::paper)
-    plan_paper(plans, p);
-  else
-    plan_concat(plans, p, D);
-
-  // Work unit: one image and a block of output channels, computed as planes (so the shifted
-  // accumulations vectorise) and then transposed into the row-major patch matrix.
-  constexpr int64_t kBlock = 16;
-  const int64_t n_blocks = (D + kBlock - 1) / kBlock;
-  const int64_t n_units = N * n_blocks;
-  // Threads cost more than they save on tiny inputs (and on a loaded machine).
-  int64_t work = 0;
-  for (const LayerPlan& plan : plans)
-    work += static_cast<int64_t>(plan.taps.size()) * plan.shape.h * plan.shape.w;
-  const bool parallel = n_units > 1 && N * work > (int64_t{1} << 18);
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> buf(kBlock * HW), q(max_hw), tmp(max_tmp);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < n_units; ++unit) {
-      const int64_t n = unit / n_blocks;
-      const int64_t t0 = (unit % n_blocks) * kBlock;
-      const int64_t nt = std::min(kBlock, D - t0);
-      std::fill(buf.begin(), buf.end(), 0.0f);
-      for (size_t l = 0; l < plans.size(); ++l) {
-        const LayerPlan& plan = plans[l];
-        const Shape& s = plan.shape;
-        const float* image = features[l].ptr() + n * s.c * s.h * s.w;
-        for (int64_t i = 0; i < nt; ++i) {
-          const Tap* b = plan.taps.data() + plan.start[t0 + i];
-          const Tap* e = plan.taps.data() + plan.start[t0 + i + 1];
-          if (b == e) continue;
-          float* plane = buf.data() + i * HW;
-          if (plan.same_grid) {
-            apply_taps(b, e, image, s, plane);
-          } else {
-            std::fill(q.begin(), q.begin() + s.h * s.w, 0.0f);
-            apply_taps(b, e, image, s, q.data());
-            resize_add(q.data(), plan, H, W, tmp.data(), plane);
-          }
-        }
-      }
-      for (int64_t pix = 0; pix < HW; ++pix) {
-        float* row = out + (n * HW + pix) * D + t0;
-        for (int64_t i = 0; i < nt; ++i) row[i] = buf[i * HW + pix];
-      }
-    }
+  Plans plans = make_plans(shapes);
+  if (p.mode == EmbeddingMode::paper) {
+    plan_paper(plans.layers, p);
+    embed_taps(features, plans, D, out);
+  } else {
+    embed_concat(features, plans, p.patch_size, D, out);
   }
 }
 

@@ -134,55 +134,63 @@ void resize_add(const float* q, const LayerPlan& plan, int64_t H, int64_t W, flo
   }
 }
 
-// ---- concat mode: channel-last blocks ----
+// ---- concat mode: channel-last box sums ----
 //
-// A concat unit is one image and a block of at most kLanes channels of one layer. It works
-// channel-last ([pixel, kLanes]): only the input block is transposed (layers deeper than the
-// first are smaller than their share of the output), every later step is a contiguous
-// kLanes-wide vector operation, and the last one writes straight into the row-major output.
+// A channel block (at most kLanes channels of one layer) is transposed to channel-last and
+// zero-padded by pad pixels, so that both halves of the separable box sum are plain sums of
+// shifted contiguous runs (no edge cases, full-width vector adds).
 constexpr int64_t kLanes = 16;
 
-// t[pix, c] = src[c, pix] for c < nc; lanes nc.. are zero so that later steps can run full width.
-__attribute__((target_clones("avx2", "default"))) void gather_block(const float* src, int64_t hw,
+// t[y, pad + x, c] = src[c, y, x] for c < nc, with zeros in lanes nc.. and in the pad columns on
+// either side of each row: t is [h, w + 2 pad, kLanes].
+__attribute__((target_clones("avx2", "default"))) void gather_block(const float* src, int64_t h,
+                                                                    int64_t w, int64_t pad,
                                                                     int64_t nc, float* t) {
-  for (int64_t pix = 0; pix < hw; ++pix) {
-    float* tr = t + pix * kLanes;
-    for (int64_t c = 0; c < kLanes; ++c) tr[c] = c < nc ? src[c * hw + pix] : 0.0f;
+  const int64_t row = (w + 2 * pad) * kLanes;
+  for (int64_t y = 0; y < h; ++y) {
+    float* tr = t + y * row;
+    std::fill(tr, tr + pad * kLanes, 0.0f);
+    std::fill(tr + (pad + w) * kLanes, tr + row, 0.0f);
+    for (int64_t x = 0; x < w; ++x) {
+      float* v = tr + (pad + x) * kLanes;
+      const float* s = src + y * w + x;
+      for (int64_t c = 0; c < kLanes; ++c) v[c] = c < nc ? s[c * h * w] : 0.0f;
+    }
   }
 }
 
-// r[y, x] = sum of t[y, x + d] over |d| <= pad inside the row (the row half of a box sum; zero
-// padding contributes nothing).
+// r[pad + y, x] = sum of t[y, x + d], d < p (the row half), with pad zero rows above and below:
+// r is [h + 2 pad, w, kLanes].
 __attribute__((target_clones("avx2", "default"))) void box_rows(const float* t, int64_t h,
                                                                 int64_t w, int64_t pad, float* r) {
-  for (int64_t y = 0; y < h; ++y)
-    for (int64_t x = 0; x < w; ++x) {
-      const int64_t x0 = std::max<int64_t>(0, x - pad), x1 = std::min(w, x + pad + 1);
-      float acc[kLanes] = {};
-      for (int64_t xx = x0; xx < x1; ++xx) {
-        const float* v = t + (y * w + xx) * kLanes;
-        for (int64_t c = 0; c < kLanes; ++c) acc[c] += v[c];
-      }
-      std::copy(acc, acc + kLanes, r + (y * w + x) * kLanes);
-    }
+  const int64_t n = w * kLanes, p = 2 * pad + 1;
+  std::fill(r, r + pad * n, 0.0f);
+  std::fill(r + (pad + h) * n, r + (2 * pad + h) * n, 0.0f);
+  for (int64_t y = 0; y < h; ++y) {
+    const float* tr = t + y * (w + 2 * pad) * kLanes;
+    float* __restrict rr = r + (pad + y) * n;
+    std::copy(tr, tr + n, rr);
+    for (int64_t d = 1; d < p; ++d)
+      for (int64_t j = 0; j < n; ++j) rr[j] += tr[d * kLanes + j];
+  }
 }
 
-// dst[pix * ld + c] = scale * sum of r[y + d, x] over |d| <= pad inside the grid, c < nc (the
-// column half; dst is either the output itself or a kLanes-wide plane for resizing).
+// dst[(y, x) * ld + c] = scale * sum of r[y + d, x, c], d < p, for c < nc (the column half,
+// written into the layer's channel-last box sums); acc holds w * kLanes floats.
 __attribute__((target_clones("avx2", "default"))) void box_cols(const float* r, int64_t h,
                                                                 int64_t w, int64_t pad, float scale,
-                                                                float* dst, int64_t ld,
+                                                                float* acc, float* dst, int64_t ld,
                                                                 int64_t nc) {
+  const int64_t n = w * kLanes, p = 2 * pad + 1;
   for (int64_t y = 0; y < h; ++y) {
-    const int64_t y0 = std::max<int64_t>(0, y - pad), y1 = std::min(h, y + pad + 1);
+    std::copy(r + y * n, r + (y + 1) * n, acc);
+    for (int64_t d = 1; d < p; ++d) {
+      const float* __restrict rr = r + (y + d) * n;
+      for (int64_t j = 0; j < n; ++j) acc[j] += rr[j];
+    }
     for (int64_t x = 0; x < w; ++x) {
-      float acc[kLanes] = {};
-      for (int64_t yy = y0; yy < y1; ++yy) {
-        const float* v = r + (yy * w + x) * kLanes;
-        for (int64_t c = 0; c < kLanes; ++c) acc[c] += v[c];
-      }
-      float* d = dst + (y * w + x) * ld;
-      for (int64_t c = 0; c < nc; ++c) d[c] = scale * acc[c];
+      float* __restrict o = dst + (y * w + x) * ld;
+      for (int64_t c = 0; c < nc; ++c) o[c] = scale * acc[x * kLanes + c];
     }
   }
 }
@@ -307,7 +315,7 @@ std::vector<ChannelBlock> channel_blocks(const Plans& plans) {
 
 // Per-thread scratch of the box sums, [pixel, kLanes] each.
 struct BoxScratch {
-  std::vector<float> t, r;
+  std::vector<float> t, r, acc;
 };
 
 // Box sums of one block of one image's channels on the layer's own grid: p x p, separable (rows,
@@ -316,9 +324,9 @@ void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b,
                float scale, BoxScratch& s, float* q) {
   const Shape& sh = plan.shape;
   const int64_t hw = sh.h * sh.w;
-  gather_block(image + b.c0 * hw, hw, b.nc, s.t.data());
+  gather_block(image + b.c0 * hw, sh.h, sh.w, pad, b.nc, s.t.data());
   box_rows(s.t.data(), sh.h, sh.w, pad, s.r.data());
-  box_cols(s.r.data(), sh.h, sh.w, pad, scale, q + b.c0, sh.c, b.nc);
+  box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), q + b.c0, sh.c, b.nc);
 }
 
 // Output row Y of one image: per layer, its box sums at (Y, X), copied when the layer is on the
@@ -350,21 +358,24 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
   const float scale = 1.0f / static_cast<float>(pp);
   const std::vector<ChannelBlock> blocks = channel_blocks(plans);
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
-  int64_t work = 0, max_own = 0;
+  int64_t work = 0, max_t = 0, max_r = 0, max_w = 0;
   std::vector<std::vector<float>> q_store;
   std::vector<float*> q;
   for (const LayerPlan& plan : plans.layers) {
     const int64_t own = plan.shape.h * plan.shape.w;
     work += plan.shape.c * pp * own;
-    max_own = std::max(max_own, own);
+    max_t = std::max(max_t, plan.shape.h * (plan.shape.w + 2 * pad));
+    max_r = std::max(max_r, (plan.shape.h + 2 * pad) * plan.shape.w);
+    max_w = std::max(max_w, plan.shape.w);
     q_store.emplace_back(plan.shape.c * own);
     q.push_back(q_store.back().data());
   }
 #pragma omp parallel if (use_threads(N * n_blocks, N, work))
   {
     BoxScratch s;
-    s.t.resize(max_own * kLanes);
-    s.r.resize(max_own * kLanes);
+    s.t.resize(max_t * kLanes);
+    s.r.resize(max_r * kLanes);
+    s.acc.resize(max_w * kLanes);
     for (int64_t n = 0; n < N; ++n) {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < n_blocks; ++i) {

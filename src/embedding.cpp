@@ -329,18 +329,19 @@ void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b,
   box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), q + b.c0, sh.c, b.nc);
 }
 
-// Output row Y of one image: per layer, its box sums at (Y, X), copied when the layer is on the
+// Output row Y of image n: per layer, its box sums at (Y, X), copied when the layer is on the
 // first grid and bilinearly sampled otherwise.
-void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t Y, int64_t W, int64_t D,
-                  float* out) {
+void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t n, int64_t Y, int64_t W,
+                  int64_t D, float* out) {
   int64_t col = 0;
   for (size_t l = 0; l < plans.layers.size(); ++l) {
     const LayerPlan& plan = plans.layers[l];
     const int64_t c = plan.shape.c;
+    const float* ql = q[l] + n * c * plan.shape.h * plan.shape.w;
     if (plan.same_grid) {
-      for (int64_t x = 0; x < W; ++x) std::copy_n(q[l] + (Y * W + x) * c, c, out + x * D + col);
+      for (int64_t x = 0; x < W; ++x) std::copy_n(ql + (Y * W + x) * c, c, out + x * D + col);
     } else {
-      resize_row(q[l], plan, Y, W, c, out + col, D);
+      resize_row(ql, plan, Y, W, c, out + col, D);
     }
     col += c;
   }
@@ -367,7 +368,7 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
     max_t = std::max(max_t, plan.shape.h * (plan.shape.w + 2 * pad));
     max_r = std::max(max_r, (plan.shape.h + 2 * pad) * plan.shape.w);
     max_w = std::max(max_w, plan.shape.w);
-    q_store.emplace_back(plan.shape.c * own);
+    q_store.emplace_back(N * plan.shape.c * own);
     q.push_back(q_store.back().data());
   }
 #pragma omp parallel if (use_threads(N * n_blocks, N, work))
@@ -376,18 +377,18 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
     s.t.resize(max_t * kLanes);
     s.r.resize(max_r * kLanes);
     s.acc.resize(max_w * kLanes);
-    for (int64_t n = 0; n < N; ++n) {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < n_blocks; ++i) {
-        const ChannelBlock& b = blocks[i];
-        const LayerPlan& plan = plans.layers[b.layer];
-        const Shape& sh = plan.shape;
-        const float* image = features[b.layer].ptr() + n * sh.c * sh.h * sh.w;
-        box_block(image, plan, b, pad, scale, s, q[b.layer]);
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t y = 0; y < H; ++y) assemble_row(q, plans, y, W, D, out + (n * HW + y * W) * D);
+    for (int64_t unit = 0; unit < N * n_blocks; ++unit) {
+      const int64_t n = unit / n_blocks;
+      const ChannelBlock& b = blocks[unit % n_blocks];
+      const LayerPlan& plan = plans.layers[b.layer];
+      const Shape& sh = plan.shape;
+      const int64_t size = sh.c * sh.h * sh.w;
+      box_block(features[b.layer].ptr() + n * size, plan, b, pad, scale, s, q[b.layer] + n * size);
     }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * H; ++row)
+      assemble_row(q, plans, row / H, row % H, W, D, out + row * W * D);
   }
 }
 

@@ -319,30 +319,26 @@ struct BoxScratch {
 };
 
 // Box sums of one block of one image's channels on the layer's own grid: p x p, separable (rows,
-// then columns with the 1 / (p * p) scale), into q's columns [c0, c0 + nc) ([h, w, c] layout).
+// then columns with the 1 / (p * p) scale), into dst[pix * ld + c], c < nc.
 void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b, int64_t pad,
-               float scale, BoxScratch& s, float* q) {
+               float scale, BoxScratch& s, float* dst, int64_t ld) {
   const Shape& sh = plan.shape;
   const int64_t hw = sh.h * sh.w;
   gather_block(image + b.c0 * hw, sh.h, sh.w, pad, b.nc, s.t.data());
   box_rows(s.t.data(), sh.h, sh.w, pad, s.r.data());
-  box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), q + b.c0, sh.c, b.nc);
+  box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), dst, ld, b.nc);
 }
 
-// Output row Y of image n: per layer, its box sums at (Y, X), copied when the layer is on the
-// first grid and bilinearly sampled otherwise.
+// Output row Y of image n: the layers not on the first grid, their box sums sampled bilinearly at
+// (Y, X) (the others are already in place).
 void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t n, int64_t Y, int64_t W,
                   int64_t D, float* out) {
   int64_t col = 0;
   for (size_t l = 0; l < plans.layers.size(); ++l) {
     const LayerPlan& plan = plans.layers[l];
     const int64_t c = plan.shape.c;
-    const float* ql = q[l] + n * c * plan.shape.h * plan.shape.w;
-    if (plan.same_grid) {
-      for (int64_t x = 0; x < W; ++x) std::copy_n(ql + (Y * W + x) * c, c, out + x * D + col);
-    } else {
-      resize_row(ql, plan, Y, W, c, out + col, D);
-    }
+    if (!plan.same_grid)
+      resize_row(q[l] + n * c * plan.shape.h * plan.shape.w, plan, Y, W, c, out + col, D);
     col += c;
   }
 }
@@ -368,7 +364,7 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
     max_t = std::max(max_t, plan.shape.h * (plan.shape.w + 2 * pad));
     max_r = std::max(max_r, (plan.shape.h + 2 * pad) * plan.shape.w);
     max_w = std::max(max_w, plan.shape.w);
-    q_store.emplace_back(N * plan.shape.c * own);
+    q_store.emplace_back(plan.same_grid ? 0 : N * plan.shape.c * own);
     q.push_back(q_store.back().data());
   }
 #pragma omp parallel if (use_threads(N * n_blocks, N, work))
@@ -384,7 +380,11 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
       const LayerPlan& plan = plans.layers[b.layer];
       const Shape& sh = plan.shape;
       const int64_t size = sh.c * sh.h * sh.w;
-      box_block(features[b.layer].ptr() + n * size, plan, b, pad, scale, s, q[b.layer] + n * size);
+      const float* image = features[b.layer].ptr() + n * size;
+      if (plan.same_grid)
+        box_block(image, plan, b, pad, scale, s, out + n * HW * D + b.col, D);
+      else
+        box_block(image, plan, b, pad, scale, s, q[b.layer] + n * size + b.c0, sh.c);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < N * H; ++row)

@@ -329,24 +329,22 @@ void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b,
   box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), dst, ld, b.nc);
 }
 
-// Output row Y of image n: the layers not on the first grid, their box sums sampled bilinearly at
-// (Y, X) (the others are already in place).
-void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t n, int64_t Y, int64_t W,
-                  int64_t D, float* out) {
+// Output row Y of one image: the layers not on the first grid, their box sums q[l] sampled
+// bilinearly at (Y, X) (the others are already in place).
+void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t Y, int64_t W, int64_t D,
+                  float* out) {
   int64_t col = 0;
   for (size_t l = 0; l < plans.layers.size(); ++l) {
     const LayerPlan& plan = plans.layers[l];
-    const int64_t c = plan.shape.c;
-    if (!plan.same_grid)
-      resize_row(q[l] + n * c * plan.shape.h * plan.shape.w, plan, Y, W, c, out + col, D);
-    col += c;
+    if (!plan.same_grid) resize_row(q[l], plan, Y, W, plan.shape.c, out + col, D);
+    col += plan.shape.c;
   }
 }
 
 // Concat mode, image by image in two parallel steps: units of channel blocks compute every
-// layer's box sums channel-last, then units of output rows assemble them. Both steps read and
-// write contiguous channel runs; in particular the output is written row after row, not in
-// strided channel blocks.
+// layer's box sums channel-last (layers on the first grid straight into the output, the others
+// into q), then units of output rows resize q into place. Resizing row by row writes contiguous
+// runs of the output; one image at a time keeps q small enough to stay in cache.
 void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int patch_size,
                   int64_t D, float* out) {
   const Shape& s0 = plans.layers[0].shape;
@@ -364,7 +362,7 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
     max_t = std::max(max_t, plan.shape.h * (plan.shape.w + 2 * pad));
     max_r = std::max(max_r, (plan.shape.h + 2 * pad) * plan.shape.w);
     max_w = std::max(max_w, plan.shape.w);
-    q_store.emplace_back(plan.same_grid ? 0 : N * plan.shape.c * own);
+    q_store.emplace_back(plan.same_grid ? 0 : plan.shape.c * own);
     q.push_back(q_store.back().data());
   }
 #pragma omp parallel if (use_threads(N * n_blocks, N, work))
@@ -373,22 +371,21 @@ void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int p
     s.t.resize(max_t * kLanes);
     s.r.resize(max_r * kLanes);
     s.acc.resize(max_w * kLanes);
+    for (int64_t n = 0; n < N; ++n) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < N * n_blocks; ++unit) {
-      const int64_t n = unit / n_blocks;
-      const ChannelBlock& b = blocks[unit % n_blocks];
-      const LayerPlan& plan = plans.layers[b.layer];
-      const Shape& sh = plan.shape;
-      const int64_t size = sh.c * sh.h * sh.w;
-      const float* image = features[b.layer].ptr() + n * size;
-      if (plan.same_grid)
-        box_block(image, plan, b, pad, scale, s, out + n * HW * D + b.col, D);
-      else
-        box_block(image, plan, b, pad, scale, s, q[b.layer] + n * size + b.c0, sh.c);
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        const ChannelBlock& b = blocks[i];
+        const LayerPlan& plan = plans.layers[b.layer];
+        const Shape& sh = plan.shape;
+        const float* image = features[b.layer].ptr() + n * sh.c * sh.h * sh.w;
+        if (plan.same_grid)
+          box_block(image, plan, b, pad, scale, s, out + n * HW * D + b.col, D);
+        else
+          box_block(image, plan, b, pad, scale, s, q[b.layer] + b.c0, sh.c);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t y = 0; y < H; ++y) assemble_row(q, plans, y, W, D, out + (n * HW + y * W) * D);
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t row = 0; row < N * H; ++row)
-      assemble_row(q, plans, row / H, row % H, W, D, out + row * W * D);
   }
 }
 

@@ -97,27 +97,6 @@ void plan_paper(std::vector<LayerPlan>& plans, const EmbeddingParams& p) {
   }
 }
 
-// Concat mode: output channel = one input channel averaged over its p x p neighbourhood, zero
-// padding counted (torch avg_pool2d's count_include_pad = true).
-void plan_concat(std::vector<LayerPlan>& plans, const EmbeddingParams& p, int64_t dim) {
-  const int64_t pad = p.patch_size / 2;
-  const float w = 1.0f / static_cast<float>(p.patch_size * p.patch_size);
-  int64_t offset = 0;
-  for (auto& plan : plans) {
-    plan.start.assign(dim + 1, 0);
-    for (int64_t t = 0; t < dim; ++t) {
-      const int64_t c = t - offset;
-      if (c >= 0 && c < plan.shape.c) {
-        for (int32_t dy = -static_cast<int32_t>(pad); dy <= pad; ++dy)
-          for (int32_t dx = -static_cast<int32_t>(pad); dx <= pad; ++dx)
-            plan.taps.push_back({static_cast<int32_t>(c), dy, dx, w});
-      }
-      plan.start[t + 1] = static_cast<int64_t>(plan.taps.size());
-    }
-    offset += plan.shape.c;
-  }
-}
-
 // q[h, w] += sum over taps of w * shift(src channel c, dy, dx).
 void apply_taps(const Tap* begin, const Tap* end, const float* image, const Shape& s, float* q) {
   const int64_t h = s.h, w = s.w;
@@ -152,6 +131,261 @@ void resize_add(const float* q, const LayerPlan& plan, int64_t H, int64_t W, flo
     const float* b = tmp + l.i1 * W;
     float* o = out + y * W;
     for (int64_t x = 0; x < W; ++x) o[x] += l.w0 * a[x] + l.w1 * b[x];
+  }
+}
+
+// ---- concat mode: channel-last box sums ----
+//
+// A channel block (at most kLanes channels of one layer) is transposed to channel-last and
+// zero-padded by pad pixels, so that both halves of the separable box sum are plain sums of
+// shifted contiguous runs (no edge cases, full-width vector adds).
+constexpr int64_t kLanes = 16;
+
+// t[y, pad + x, c] = src[c, y, x] for c < nc, with zeros in lanes nc.. and in the pad columns on
+// either side of each row: t is [h, w + 2 pad, kLanes].
+__attribute__((target_clones("avx2", "default"))) void gather_block(const float* src, int64_t h,
+                                                                    int64_t w, int64_t pad,
+                                                                    int64_t nc, float* t) {
+  const int64_t row = (w + 2 * pad) * kLanes;
+  for (int64_t y = 0; y < h; ++y) {
+    float* tr = t + y * row;
+    std::fill(tr, tr + pad * kLanes, 0.0f);
+    std::fill(tr + (pad + w) * kLanes, tr + row, 0.0f);
+    for (int64_t x = 0; x < w; ++x) {
+      float* v = tr + (pad + x) * kLanes;
+      const float* s = src + y * w + x;
+      for (int64_t c = 0; c < kLanes; ++c) v[c] = c < nc ? s[c * h * w] : 0.0f;
+    }
+  }
+}
+
+// r[pad + y, x] = sum of t[y, x + d], d < p (the row half), with pad zero rows above and below:
+// r is [h + 2 pad, w, kLanes].
+__attribute__((target_clones("avx2", "default"))) void box_rows(const float* t, int64_t h,
+                                                                int64_t w, int64_t pad, float* r) {
+  const int64_t n = w * kLanes, p = 2 * pad + 1;
+  std::fill(r, r + pad * n, 0.0f);
+  std::fill(r + (pad + h) * n, r + (2 * pad + h) * n, 0.0f);
+  for (int64_t y = 0; y < h; ++y) {
+    const float* tr = t + y * (w + 2 * pad) * kLanes;
+    float* __restrict rr = r + (pad + y) * n;
+    std::copy(tr, tr + n, rr);
+    for (int64_t d = 1; d < p; ++d)
+      for (int64_t j = 0; j < n; ++j) rr[j] += tr[d * kLanes + j];
+  }
+}
+
+// dst[(y, x) * ld + c] = scale * sum of r[y + d, x, c], d < p, for c < nc (the column half,
+// written into the layer's channel-last box sums); acc holds w * kLanes floats.
+__attribute__((target_clones("avx2", "default"))) void box_cols(const float* r, int64_t h,
+                                                                int64_t w, int64_t pad, float scale,
+                                                                float* acc, float* dst, int64_t ld,
+                                                                int64_t nc) {
+  const int64_t n = w * kLanes, p = 2 * pad + 1;
+  for (int64_t y = 0; y < h; ++y) {
+    std::copy(r + y * n, r + (y + 1) * n, acc);
+    for (int64_t d = 1; d < p; ++d) {
+      const float* __restrict rr = r + (y + d) * n;
+      for (int64_t j = 0; j < n; ++j) acc[j] += rr[j];
+    }
+    for (int64_t x = 0; x < w; ++x) {
+      float* __restrict o = dst + (y * w + x) * ld;
+      for (int64_t c = 0; c < nc; ++c) o[c] = scale * acc[x * kLanes + c];
+    }
+  }
+}
+
+// out[X * D + c] = q sampled bilinearly at (Y, X) of the first grid, c < nc, X < W: one output
+// row of a layer on a coarser (or finer) grid; q is the layer's [h, w, nc] box sums.
+__attribute__((target_clones("avx2", "default"))) void resize_row(const float* q,
+                                                                  const LayerPlan& plan, int64_t Y,
+                                                                  int64_t W, int64_t nc, float* out,
+                                                                  int64_t D) {
+  const int64_t w = plan.shape.w;
+  const Lerp& ly = plan.ly[Y];
+  const float wy0 = ly.w0, wy1 = ly.w1;
+  for (int64_t x = 0; x < W; ++x) {
+    const Lerp& lx = plan.lx[x];
+    const float wx0 = lx.w0, wx1 = lx.w1;
+    const float* a0 = q + (ly.i0 * w + lx.i0) * nc;
+    const float* a1 = q + (ly.i0 * w + lx.i1) * nc;
+    const float* b0 = q + (ly.i1 * w + lx.i0) * nc;
+    const float* b1 = q + (ly.i1 * w + lx.i1) * nc;
+    float* __restrict o = out + x * D;
+    for (int64_t c = 0; c < nc; ++c)
+      o[c] = wy0 * (wx0 * a0[c] + wx1 * a1[c]) + wy1 * (wx0 * b0[c] + wx1 * b1[c]);
+  }
+}
+
+// Layers, their grids relative to the first one, and the scratch sizes their resizing needs.
+struct Plans {
+  std::vector<LayerPlan> layers;
+  int64_t max_hw = 0;   // largest h * w of a layer that is resized
+  int64_t max_tmp = 0;  // largest h * W of a layer that is resized
+};
+
+Plans make_plans(const std::vector<Shape>& shapes) {
+  const int64_t H = shapes[0].h, W = shapes[0].w;
+  Plans plans;
+  plans.layers.resize(shapes.size());
+  for (size_t l = 0; l < shapes.size(); ++l) {
+    LayerPlan& plan = plans.layers[l];
+    plan.shape = shapes[l];
+    plan.same_grid = shapes[l].h == H && shapes[l].w == W;
+    if (!plan.same_grid) {
+      plan.ly = lerp_table(shapes[l].h, H);
+      plan.lx = lerp_table(shapes[l].w, W);
+      plans.max_hw = std::max(plans.max_hw, shapes[l].h * shapes[l].w);
+      plans.max_tmp = std::max(plans.max_tmp, shapes[l].h * W);
+    }
+  }
+  return plans;
+}
+
+// Threads cost more than they save on tiny inputs (and on a loaded machine); work counts the
+// multiply-adds of the tap formulation, whichever path runs.
+bool use_threads(int64_t n_units, int64_t N, int64_t work) {
+  return n_units > 1 && N * work > (int64_t{1} << 18);
+}
+
+// Paper mode (any tap plan). Work unit: one image and a block of output channels, computed as
+// planes (so the shifted accumulations vectorise) and then transposed into the row-major patch
+// matrix.
+void embed_taps(const std::vector<Tensor>& features, const Plans& plans, int64_t D, float* out) {
+  const Shape& s0 = plans.layers[0].shape;
+  const int64_t N = s0.n, H = s0.h, W = s0.w, HW = H * W;
+  constexpr int64_t kBlock = 16;
+  const int64_t n_blocks = (D + kBlock - 1) / kBlock;
+  const int64_t n_units = N * n_blocks;
+  int64_t work = 0;
+  for (const LayerPlan& plan : plans.layers)
+    work += static_cast<int64_t>(plan.taps.size()) * plan.shape.h * plan.shape.w;
+#pragma omp parallel if (use_threads(n_units, N, work))
+  {
+    std::vector<float> buf(kBlock * HW), q(plans.max_hw), tmp(plans.max_tmp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < n_units; ++unit) {
+      const int64_t n = unit / n_blocks;
+      const int64_t t0 = (unit % n_blocks) * kBlock;
+      const int64_t nt = std::min(kBlock, D - t0);
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      for (size_t l = 0; l < plans.layers.size(); ++l) {
+        const LayerPlan& plan = plans.layers[l];
+        const Shape& s = plan.shape;
+        const float* image = features[l].ptr() + n * s.c * s.h * s.w;
+        for (int64_t i = 0; i < nt; ++i) {
+          const Tap* b = plan.taps.data() + plan.start[t0 + i];
+          const Tap* e = plan.taps.data() + plan.start[t0 + i + 1];
+          if (b == e) continue;
+          float* plane = buf.data() + i * HW;
+          if (plan.same_grid) {
+            apply_taps(b, e, image, s, plane);
+          } else {
+            std::fill(q.begin(), q.begin() + s.h * s.w, 0.0f);
+            apply_taps(b, e, image, s, q.data());
+            resize_add(q.data(), plan, H, W, tmp.data(), plane);
+          }
+        }
+      }
+      for (int64_t pix = 0; pix < HW; ++pix) {
+        float* row = out + (n * HW + pix) * D + t0;
+        for (int64_t i = 0; i < nt; ++i) row[i] = buf[i * HW + pix];
+      }
+    }
+  }
+}
+
+// A concat unit's channels: [c0, c0 + nc) of one layer, written to output columns [col, ...).
+struct ChannelBlock {
+  size_t layer;
+  int64_t c0, nc, col;
+};
+
+std::vector<ChannelBlock> channel_blocks(const Plans& plans) {
+  std::vector<ChannelBlock> blocks;
+  int64_t col = 0;
+  for (size_t l = 0; l < plans.layers.size(); ++l) {
+    const int64_t c = plans.layers[l].shape.c;
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes)
+      blocks.push_back({l, c0, std::min(kLanes, c - c0), col + c0});
+    col += c;
+  }
+  return blocks;
+}
+
+// Per-thread scratch of the box sums, [pixel, kLanes] each.
+struct BoxScratch {
+  std::vector<float> t, r, acc;
+};
+
+// Box sums of one block of one image's channels on the layer's own grid: p x p, separable (rows,
+// then columns with the 1 / (p * p) scale), into dst[pix * ld + c], c < nc.
+void box_block(const float* image, const LayerPlan& plan, const ChannelBlock& b, int64_t pad,
+               float scale, BoxScratch& s, float* dst, int64_t ld) {
+  const Shape& sh = plan.shape;
+  const int64_t hw = sh.h * sh.w;
+  gather_block(image + b.c0 * hw, sh.h, sh.w, pad, b.nc, s.t.data());
+  box_rows(s.t.data(), sh.h, sh.w, pad, s.r.data());
+  box_cols(s.r.data(), sh.h, sh.w, pad, scale, s.acc.data(), dst, ld, b.nc);
+}
+
+// Output row Y of one image: the layers not on the first grid, their box sums q[l] sampled
+// bilinearly at (Y, X) (the others are already in place).
+void assemble_row(const std::vector<float*>& q, const Plans& plans, int64_t Y, int64_t W, int64_t D,
+                  float* out) {
+  int64_t col = 0;
+  for (size_t l = 0; l < plans.layers.size(); ++l) {
+    const LayerPlan& plan = plans.layers[l];
+    if (!plan.same_grid) resize_row(q[l], plan, Y, W, plan.shape.c, out + col, D);
+    col += plan.shape.c;
+  }
+}
+
+// Concat mode, image by image in two parallel steps: units of channel blocks compute every
+// layer's box sums channel-last (layers on the first grid straight into the output, the others
+// into q), then units of output rows resize q into place. Resizing row by row writes contiguous
+// runs of the output; one image at a time keeps q small enough to stay in cache.
+void embed_concat(const std::vector<Tensor>& features, const Plans& plans, int patch_size,
+                  int64_t D, float* out) {
+  const Shape& s0 = plans.layers[0].shape;
+  const int64_t N = s0.n, H = s0.h, W = s0.w, HW = H * W;
+  const int64_t pad = patch_size / 2, pp = int64_t{patch_size} * patch_size;
+  const float scale = 1.0f / static_cast<float>(pp);
+  const std::vector<ChannelBlock> blocks = channel_blocks(plans);
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
+  int64_t work = 0, max_t = 0, max_r = 0, max_w = 0;
+  std::vector<std::vector<float>> q_store;
+  std::vector<float*> q;
+  for (const LayerPlan& plan : plans.layers) {
+    const int64_t own = plan.shape.h * plan.shape.w;
+    work += plan.shape.c * pp * own;
+    max_t = std::max(max_t, plan.shape.h * (plan.shape.w + 2 * pad));
+    max_r = std::max(max_r, (plan.shape.h + 2 * pad) * plan.shape.w);
+    max_w = std::max(max_w, plan.shape.w);
+    q_store.emplace_back(plan.same_grid ? 0 : plan.shape.c * own);
+    q.push_back(q_store.back().data());
+  }
+#pragma omp parallel if (use_threads(N * n_blocks, N, work))
+  {
+    BoxScratch s;
+    s.t.resize(max_t * kLanes);
+    s.r.resize(max_r * kLanes);
+    s.acc.resize(max_w * kLanes);
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        const ChannelBlock& b = blocks[i];
+        const LayerPlan& plan = plans.layers[b.layer];
+        const Shape& sh = plan.shape;
+        const float* image = features[b.layer].ptr() + n * sh.c * sh.h * sh.w;
+        if (plan.same_grid)
+          box_block(image, plan, b, pad, scale, s, out + n * HW * D + b.col, D);
+        else
+          box_block(image, plan, b, pad, scale, s, q[b.layer] + b.c0, sh.c);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t y = 0; y < H; ++y) assemble_row(q, plans, y, W, D, out + (n * HW + y * W) * D);
+    }
   }
 }
 
@@ -238,68 +472,12 @@ void embed_into(const std::vector<Tensor>& features, const EmbeddingParams& p, f
   std::vector<int64_t> channels;
   for (const Shape& s : shapes) channels.push_back(s.c);
   const int64_t D = embedding_dim(channels, p);
-  const int64_t N = shapes[0].n, H = shapes[0].h, W = shapes[0].w, HW = H * W;
-
-  std::vector<LayerPlan> plans(shapes.size());
-  int64_t max_hw = 0, max_tmp = 0;
-  for (size_t l = 0; l < shapes.size(); ++l) {
-    LayerPlan& plan = plans[l];
-    plan.shape = shapes[l];
-    plan.same_grid = shapes[l].h == H && shapes[l].w == W;
-    if (!plan.same_grid) {
-      plan.ly = lerp_table(shapes[l].h, H);
-      plan.lx = lerp_table(shapes[l].w, W);
-      max_hw = std::max(max_hw, shapes[l].h * shapes[l].w);
-      max_tmp = std::max(max_tmp, shapes[l].h * W);
-    }
-  }
-  if (p.mode == EmbeddingMode::paper)
-    plan_paper(plans, p);
-  else
-    plan_concat(plans, p, D);
-
-  // Work unit: one image and a block of output channels, computed as planes (so the shifted
-  // accumulations vectorise) and then transposed into the row-major patch matrix.
-  constexpr int64_t kBlock = 16;
-  const int64_t n_blocks = (D + kBlock - 1) / kBlock;
-  const int64_t n_units = N * n_blocks;
-  // Threads cost more than they save on tiny inputs (and on a loaded machine).
-  int64_t work = 0;
-  for (const LayerPlan& plan : plans)
-    work += static_cast<int64_t>(plan.taps.size()) * plan.shape.h * plan.shape.w;
-  const bool parallel = n_units > 1 && N * work > (int64_t{1} << 18);
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> buf(kBlock * HW), q(max_hw), tmp(max_tmp);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < n_units; ++unit) {
-      const int64_t n = unit / n_blocks;
-      const int64_t t0 = (unit % n_blocks) * kBlock;
-      const int64_t nt = std::min(kBlock, D - t0);
-      std::fill(buf.begin(), buf.end(), 0.0f);
-      for (size_t l = 0; l < plans.size(); ++l) {
-        const LayerPlan& plan = plans[l];
-        const Shape& s = plan.shape;
-        const float* image = features[l].ptr() + n * s.c * s.h * s.w;
-        for (int64_t i = 0; i < nt; ++i) {
-          const Tap* b = plan.taps.data() + plan.start[t0 + i];
-          const Tap* e = plan.taps.data() + plan.start[t0 + i + 1];
-          if (b == e) continue;
-          float* plane = buf.data() + i * HW;
-          if (plan.same_grid) {
-            apply_taps(b, e, image, s, plane);
-          } else {
-            std::fill(q.begin(), q.begin() + s.h * s.w, 0.0f);
-            apply_taps(b, e, image, s, q.data());
-            resize_add(q.data(), plan, H, W, tmp.data(), plane);
-          }
-        }
-      }
-      for (int64_t pix = 0; pix < HW; ++pix) {
-        float* row = out + (n * HW + pix) * D + t0;
-        for (int64_t i = 0; i < nt; ++i) row[i] = buf[i * HW + pix];
-      }
-    }
+  Plans plans = make_plans(shapes);
+  if (p.mode == EmbeddingMode::paper) {
+    plan_paper(plans.layers, p);
+    embed_taps(features, plans, D, out);
+  } else {
+    embed_concat(features, plans, p.patch_size, D, out);
   }
 }
 

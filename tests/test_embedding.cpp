@@ -66,6 +66,8 @@ const std::vector<Case> kCases = {
     {{{4, 3, 3}, {8, 6, 7}}, 3, 23, 11},  // deeper grid larger: bilinear down-sampling
     {{{16, 11, 13}, {24, 6, 7}}, 5, 33, 64},
     {{{64, 14, 14}, {96, 7, 7}}, 3, 256, 200},  // large enough for embed() to use threads
+    {{{17, 5, 6}, {33, 3, 4}}, 1, 20, 30},      // partial channel blocks, coarser grid, p = 1
+    {{{18, 4, 3}, {5, 2, 2}}, 7, 40, 20},       // window wider than the grids
     // The real backbones' channel counts (WRN50, InceptionV3, MobileNetV2) on small grids.
     {{{512, 6, 6}, {1024, 3, 3}}, 3, 1024, 1024},
     {{{288, 7, 7}, {768, 3, 3}}, 3, 1024, 1024},

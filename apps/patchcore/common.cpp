@@ -84,11 +84,11 @@ CLI::Option* add_engine_option(CLI::App& cmd, std::string& engine) {
 CLI::Option* add_precision_option(CLI::App& cmd, std::string& precision) {
   return cmd
       .add_option("--precision", precision,
-                  "the backbone's arithmetic: fp32 (default), bf16 (dnnl engine only; 2-4x as "
-                  "fast with AMX, about 2x with AVX-512 BF16; predicting in bf16 with a model "
-                  "fitted in fp32 stayed within 0.002 of fp32's AUROC and AUPRO, fitting in "
-                  "bf16 changes the memory bank as another seed would) or auto (bf16 where the "
-                  "CPU has AVX-512 BF16 or AMX, else fp32)")
+                  "the backbone's arithmetic: fp32 (default), bf16 (dnnl engine only; the "
+                  "backbone 2-4x as fast with AMX, about 2x with AVX-512 BF16; predicting in "
+                  "bf16 with a model fitted in fp32 stayed within 0.002 of fp32's AUROC and "
+                  "AUPRO, fitting in bf16 changes the memory bank as another seed would) or "
+                  "auto (bf16 where the CPU has AVX-512 BF16 or AMX, else fp32)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
 }
 

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -91,8 +92,12 @@ inline int expect_kill9_leaves_old_or_complete(const std::vector<std::string>& a
                                                const std::filesystem::path& out,
                                                const std::vector<double>& fractions) {
   namespace fs = std::filesystem;
-  const KillRun full = run_patchcore_killed_after(args, -1);
+  // The kill points are fractions of the fastest of three whole runs: a run timed while the
+  // machine was busier would put the late points after the end of the quicker runs that follow.
+  KillRun full = run_patchcore_killed_after(args, -1);
   EXPECT_EQ(full.exit_code, 0) << "the command fails without a kill";
+  for (int i = 0; i < 2; ++i)
+    full.seconds = std::min(full.seconds, run_patchcore_killed_after(args, -1).seconds);
   int killed = 0;
   for (double f : fractions) {
     SCOPED_TRACE("killed at " + std::to_string(f) + " of " + std::to_string(full.seconds) + " s");

@@ -426,6 +426,10 @@ TEST_F(ModelTest, ConstModelGivesSerialResultsToEightThreadsAtOnce) {
       for (const std::string& f : failures[t]) ADD_FAILURE() << "thread " << t << ", " << f;
     EXPECT_EQ(model.backbone_engine(),
               engine == patchcore::BackboneEngine::dnnl ? "dnnl" : "opencv");
+    // The small bank is searched by the bf16 screen where it pays: one matmul primitive shared
+    // by every thread.
+    EXPECT_EQ(model.knn_search(),
+              patchcore::dnnl_isa() == "avx512_core_amx" ? "bf16 screen" : "brute force");
   }
   EXPECT_EQ(omp_get_max_threads(), 1);
   EXPECT_EQ(cv::getNumThreads(), opencv_threads);

@@ -404,8 +404,9 @@ class Model {
   /// benchmarks; 0 when unknown.
   double backbone_flops_per_image() const;
   /// How the nearest-neighbour search runs, for benchmarks: "bounded" (a lower bound rules out
-  /// most of a large bank), "bf16 screen" (a bf16 matrix product rules out most rows, where the
-  /// CPU has bf16 kernels) or "brute force" (FAISS); all three give the same neighbours.
+  /// most of a large bank), "bf16 screen" (a bf16 matrix product rules out most rows of a
+  /// smaller one, where the CPU has AMX) or "brute force" (FAISS); all three give the same
+  /// neighbours.
   std::string knn_search() const;
   /// Bank rows whose distance was computed exactly per patch, averaged over the predictions so
   /// far; 0 for FAISS's brute force or before any prediction. For benchmarks: the rest of the

@@ -40,7 +40,8 @@ class Bf16Screen {
   /// Every row thus has an interval that holds its distance. The k smallest upper ends bound
   /// the k-th distance from above, so a row whose lower end is beyond that bound cannot be
   /// among the k nearest; every other row is measured exactly and the k best kept. Centring
-  /// makes the norms, and with them the intervals, several times smaller on CNN features.
+  /// takes out what all rows share (CNN features are non-negative, with a large common part),
+  /// which shrinks the norms and with them the intervals.
   void search(const float* queries, int64_t n, int k, int threads, float* sq_dist,
               int64_t* index) const;
 

@@ -111,16 +111,35 @@ struct Bf16Screen::Impl {
   memory weights;  // the centred bank in bf16, in the layout the matmul asked for
   mutable std::atomic<int64_t> queries{0}, measured{0};
 
+  // One searching thread's buffers, reused from block to block and query to query.
+  struct Workspace {
+    explicit Workspace(const Impl& s);
+    dnnl::stream stream;
+    std::vector<uint16_t> src;  // [block, D] bf16 queries
+    std::vector<float> dst;     // [block, M] products
+    std::vector<double> q_sq;   // |q'|^2 per query of the block
+    memory src_mem, dst_mem, scratchpad;
+    std::vector<float> ends;                             // upper ends (k > 1)
+    std::vector<int64_t> rows;                           // rows not ruled out
+    std::vector<std::pair<double, int64_t>> candidates;  // their exact distances
+  };
+
   void centre_bank();
   void build_matmul();
-  void search_block(const float* q, int64_t rows, int k, std::vector<uint16_t>& src,
-                    std::vector<double>& q_sq, const memory& src_mem, const memory& dst_mem,
-                    const memory& scratch, dnnl::stream& stream, float* sq_dist,
+  void search_block(const float* q, int64_t rows, int k, Workspace& w, float* sq_dist,
                     int64_t* index) const;
-  int64_t select(const float* q, double q_sq, const float* products, int k,
-                 std::vector<float>& ends, std::vector<int64_t>& rows, float* sq_dist,
-                 int64_t* index) const;
+  int64_t select(const float* q, double q_sq, const float* products, int k, Workspace& w,
+                 float* sq_dist, int64_t* index) const;
 };
+
+Bf16Screen::Impl::Workspace::Workspace(const Impl& s)
+    : stream(s.engine),
+      src(static_cast<size_t>(s.block * s.d)),
+      dst(static_cast<size_t>(s.block * s.m)),
+      q_sq(static_cast<size_t>(s.block)),
+      src_mem(s.pd.src_desc(), s.engine, src.data()),
+      dst_mem(s.pd.dst_desc(), s.engine, dst.data()),
+      scratchpad(s.pd.scratchpad_desc(), s.engine) {}
 
 void Bf16Screen::Impl::centre_bank() {
   mean.assign(static_cast<size_t>(d), 0.0);
@@ -189,8 +208,7 @@ double Bf16Screen::exact_per_query() const {
 // end, then the exact distance of every row whose lower end does not exceed it. Returns the
 // rows measured.
 int64_t Bf16Screen::Impl::select(const float* q, double q_sq, const float* products, int k,
-                                 std::vector<float>& ends, std::vector<int64_t>& rows,
-                                 float* sq_dist, int64_t* index) const {
+                                 Workspace& w, float* sq_dist, int64_t* index) const {
   const float q_norm = static_cast<float>(std::sqrt(q_sq));
   const Intervals v{static_cast<float>(q_sq),
                     static_cast<float>(coefficient) * q_norm,
@@ -203,35 +221,32 @@ int64_t Bf16Screen::Impl::select(const float* q, double q_sq, const float* produ
   if (k == 1) {
     limit = upper_ends(v, m, nullptr);
   } else {
-    ends.resize(static_cast<size_t>(m));
-    upper_ends(v, m, ends.data());
+    w.ends.resize(static_cast<size_t>(m));
+    upper_ends(v, m, w.ends.data());
     const auto finite_end =
-        std::remove_if(ends.begin(), ends.end(), [](float e) { return !std::isfinite(e); });
-    if (finite_end - ends.begin() >= k) {
-      std::nth_element(ends.begin(), ends.begin() + (k - 1), finite_end);
-      limit = ends[static_cast<size_t>(k - 1)];
+        std::remove_if(w.ends.begin(), w.ends.end(), [](float e) { return !std::isfinite(e); });
+    if (finite_end - w.ends.begin() >= k) {
+      std::nth_element(w.ends.begin(), w.ends.begin() + (k - 1), finite_end);
+      limit = w.ends[static_cast<size_t>(k - 1)];
     }
   }
-  rows.clear();
-  rows_within(v, m, limit, rows);
-  std::vector<std::pair<double, int64_t>> measured_rows(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r)
-    measured_rows[r] = {squared_distance(q, bank + rows[r] * d, d), rows[r]};
-  PATCHCORE_ASSERT(static_cast<int64_t>(measured_rows.size()) >= k);
-  std::partial_sort(measured_rows.begin(), measured_rows.begin() + k, measured_rows.end());
+  w.rows.clear();
+  rows_within(v, m, limit, w.rows);
+  w.candidates.clear();
+  for (const int64_t j : w.rows) w.candidates.emplace_back(squared_distance(q, bank + j * d, d), j);
+  PATCHCORE_ASSERT(static_cast<int64_t>(w.candidates.size()) >= k);
+  std::partial_sort(w.candidates.begin(), w.candidates.begin() + k, w.candidates.end());
   for (int j = 0; j < k; ++j) {
-    sq_dist[j] = static_cast<float>(measured_rows[static_cast<size_t>(j)].first);
-    index[j] = measured_rows[static_cast<size_t>(j)].second;
+    sq_dist[j] = static_cast<float>(w.candidates[static_cast<size_t>(j)].first);
+    index[j] = w.candidates[static_cast<size_t>(j)].second;
   }
-  return static_cast<int64_t>(rows.size());
+  return static_cast<int64_t>(w.rows.size());
 }
 
-void Bf16Screen::Impl::search_block(const float* q, int64_t rows, int k, std::vector<uint16_t>& src,
-                                    std::vector<double>& q_sq, const memory& src_mem,
-                                    const memory& dst_mem, const memory& scratch,
-                                    dnnl::stream& stream, float* sq_dist, int64_t* index) const {
+void Bf16Screen::Impl::search_block(const float* q, int64_t rows, int k, Workspace& w,
+                                    float* sq_dist, int64_t* index) const {
   for (int64_t r = 0; r < block; ++r) {
-    uint16_t* out = src.data() + r * d;
+    uint16_t* out = w.src.data() + r * d;
     if (r >= rows) {
       std::fill(out, out + d, uint16_t{0});
       continue;
@@ -242,20 +257,17 @@ void Bf16Screen::Impl::search_block(const float* q, int64_t rows, int k, std::ve
       s += t * t;
       out[i] = to_bf16(static_cast<float>(t));
     }
-    q_sq[r] = s;
+    w.q_sq[r] = s;
   }
-  matmul.execute(stream, {{DNNL_ARG_SRC, src_mem},
-                          {DNNL_ARG_WEIGHTS, weights},
-                          {DNNL_ARG_DST, dst_mem},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
-  stream.wait();
-  const float* products = static_cast<const float*>(dst_mem.get_data_handle());
-  std::vector<float> ends;
-  std::vector<int64_t> candidates;
+  matmul.execute(w.stream, {{DNNL_ARG_SRC, w.src_mem},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_DST, w.dst_mem},
+                            {DNNL_ARG_SCRATCHPAD, w.scratchpad}});
+  w.stream.wait();
   int64_t count = 0;
   for (int64_t r = 0; r < rows; ++r)
-    count += select(q + r * d, q_sq[r], products + r * m, k, ends, candidates, sq_dist + r * k,
-                    index + r * k);
+    count +=
+        select(q + r * d, w.q_sq[r], w.dst.data() + r * m, k, w, sq_dist + r * k, index + r * k);
   measured += count;
   queries += rows;
 }
@@ -272,18 +284,12 @@ void Bf16Screen::search(const float* queries, int64_t n, int k, int threads, flo
   // the calling thread (with a team of one, on the caller's OpenMP count).
 #pragma omp parallel num_threads(team)
   {
-    dnnl::stream stream(s.engine);
-    std::vector<uint16_t> src(static_cast<size_t>(s.block * s.d));
-    std::vector<float> dst(static_cast<size_t>(s.block * s.m));
-    std::vector<double> q_sq(static_cast<size_t>(s.block));
-    const memory src_mem(s.pd.src_desc(), s.engine, src.data());
-    const memory dst_mem(s.pd.dst_desc(), s.engine, dst.data());
-    const memory scratch(s.pd.scratchpad_desc(), s.engine);
+    Impl::Workspace w(s);
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * s.block;
-      s.search_block(queries + r0 * s.d, std::min(s.block, n - r0), k, src, q_sq, src_mem, dst_mem,
-                     scratch, stream, sq_dist + r0 * k, index + r0 * k);
+      s.search_block(queries + r0 * s.d, std::min(s.block, n - r0), k, w, sq_dist + r0 * k,
+                     index + r0 * k);
     }
   }
 }

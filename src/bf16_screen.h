@@ -13,9 +13,8 @@ namespace patchcore {
 
 /// Whether this CPU runs the screen's bf16 kernels (oneDNN's AVX-512 BF16 or AMX).
 bool bf16_screen_available();
-/// Whether the screen is faster than FAISS's fp32 brute force here: with AMX. Measured on
-/// hei_med's bank (588 x 1,056, docs/benchmarks.md): 4.2 against 9.2 ms per image with AMX,
-/// 16.1 against 9.5 with oneDNN held to AVX-512 BF16.
+/// Whether the screen is faster than FAISS's fp32 brute force here: with AMX. Without it
+/// (oneDNN held to AVX-512 BF16) it measured slower (docs/benchmarks.md).
 bool bf16_screen_pays();
 
 class Bf16Screen {

@@ -29,8 +29,8 @@ struct KnnOptions {
   /// searched by Bf16Screen instead of FAISS's fp32 brute force: the same work in a bf16
   /// matrix product, then the few rows it cannot rule out measured exactly. Its answer is
   /// knn_reference()'s, so this changes the time only; false: FAISS (tests, comparisons).
-  /// On banks the bound takes the screen is slower (magnetic_tile's 9,726 rows: 55 against
-  /// 36 ms per image), so the bound keeps them.
+  /// On banks the bound takes the screen measured slower, so the bound keeps them
+  /// (docs/benchmarks.md).
   bool bf16_screen = true;
 };
 
